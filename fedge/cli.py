@@ -1,0 +1,59 @@
+"""The ``fedge`` command line.
+
+Each package contributes its subcommands through a ``register(subparsers)``
+function in its own ``cli`` module. The modules are imported when the parser
+is built, so they must keep heavy imports (TensorFlow above all) inside the
+command functions: ``fedge agent`` runs on a device that has no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from fedge import __version__
+from fedge.errors import FedgeError
+
+# Modules that provide ``register(subparsers)``; each adds one or more commands.
+COMMAND_MODULES: tuple[str, ...] = (
+    "model_export.cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fedge",
+        description="On-device federated training: export, serve, run agents, simulate fleets.",
+    )
+    parser.add_argument("--version", action="version", version=f"fedge {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        result: int = func(args)
+    except FedgeError as exc:
+        print(f"fedge {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fedge {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return result
