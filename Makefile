@@ -5,7 +5,7 @@ VENV ?= .venv
 EDGE_VENV ?= .venv-edge
 TFLITE_VENV ?= .venv-tflite
 BIN := $(VENV)/bin
-LIB := fedge model_export quantization aggregation_service edge_client device_profiles
+LIB := fedge model_export quantization aggregation_service edge_client device_profiles privacy
 PIP_FLAGS ?= --disable-pip-version-check -q
 
 .PHONY: demo test lint typecheck unit venv clean bench

@@ -40,3 +40,15 @@ def edge_python() -> Path:
 def tflite_python() -> Path:
     """An interpreter whose environment has tflite-runtime 2.14 and numpy<2."""
     return _python_from_env("FEDGE_TFLITE_PYTHON")
+
+
+@pytest.fixture(scope="session")
+def exported_mlp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The reference ``mlp`` for the digits data (64 inputs, 10 classes),
+    exported and verified once per test worker. Returns the export directory
+    (``model.tflite`` + ``manifest.json``)."""
+    from model_export import export_reference
+
+    out = tmp_path_factory.mktemp("export") / "mlp"
+    export_reference("mlp", out, input_shape=(64,), classes=10)
+    return out

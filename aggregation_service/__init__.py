@@ -1,0 +1,1 @@
+"""fedge's aggregation_service package."""

@@ -1,0 +1,1 @@
+"""fedge's device_profiles package."""

@@ -1,0 +1,1 @@
+"""fedge's edge_client package."""

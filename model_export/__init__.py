@@ -1,0 +1,1 @@
+"""fedge's model_export package."""
