@@ -264,7 +264,9 @@ def load_model_dir(directory: Path | str) -> tuple[Manifest, Path]:
     model_path = directory / MODEL_FILE
     for path in (manifest_path, model_path):
         if not path.is_file():
-            raise ManifestError(f"{directory}: no {path.name} (is this a `fedge export` directory?)")
+            raise ManifestError(
+                f"{directory}: no {path.name} (is this a `fedge export` directory?)"
+            )
     manifest = Manifest.from_json(manifest_path.read_bytes())
     digest = sha256_file(model_path)
     if digest != manifest.sha256:

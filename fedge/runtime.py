@@ -112,7 +112,9 @@ class TrainableModel:
                 for name in manifest.signatures
             }
         except (ValueError, RuntimeError) as exc:
-            raise ModelRuntimeError(f"{self.runtime} cannot load model {manifest.name!r}: {exc}") from exc
+            raise ModelRuntimeError(
+                f"{self.runtime} cannot load model {manifest.name!r}: {exc}"
+            ) from exc
 
     def _call(self, signature: str, **inputs: np.ndarray) -> dict[str, np.ndarray]:
         try:
