@@ -19,6 +19,7 @@ from fedge.errors import FedgeError
 
 # Modules that provide ``register(subparsers)``; each adds one or more commands.
 COMMAND_MODULES: tuple[str, ...] = (
+    "fedge.bench",
     "model_export.cli",
 )
 

@@ -1,0 +1,64 @@
+"""The benchmark runner: discovery, bad names, README regeneration."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fedge import bench
+from fedge.cli import main
+
+
+def _write_bench(bench_dir: Path, name: str, body: str) -> None:
+    bench_dir.mkdir(exist_ok=True)
+    (bench_dir / f"bench_{name}.py").write_text(body)
+
+
+GOOD = '''
+import json, sys
+from pathlib import Path
+quick = "--quick" in sys.argv
+rows = [{"benchmark": "toy", "metric": "speed", "value": 2.0 if quick else 3.0, "unit": "x/s",
+         "baseline": 1.0, "ratio": 2.0 if quick else 3.0, "target": ">= 1x", "note": ""}]
+out = Path(__file__).parent / "results"
+out.mkdir(exist_ok=True)
+(out / "toy.json").write_text(json.dumps(rows))
+'''
+
+
+def test_runs_benchmarks_and_updates_readme(tmp_path: Path) -> None:
+    _write_bench(tmp_path / "bench", "toy", GOOD)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{bench.BEGIN}\nold\n{bench.END}\n\nrest\n")
+    code = main(["bench", "--quick", "--bench-dir", str(tmp_path / "bench"), "--update-readme"])
+    assert code == 0
+    results = json.loads((tmp_path / "bench" / "results" / "results.json").read_text())
+    assert results["quick"] is True
+    assert results["rows"][0]["value"] == 2.0
+    text = readme.read_text()
+    assert "old" not in text
+    assert "| toy | speed | 2 x/s | 1 | 2× | >= 1x |" in text
+    assert text.endswith("\nrest\n")
+
+
+def test_unknown_benchmark_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _write_bench(tmp_path / "bench", "toy", GOOD)
+    assert main(["bench", "nope", "--bench-dir", str(tmp_path / "bench")]) == 2
+    assert "unknown benchmark" in capsys.readouterr().err
+
+
+def test_failing_benchmark_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _write_bench(tmp_path / "bench", "broken", "raise SystemExit(3)\n")
+    assert main(["bench", "--bench-dir", str(tmp_path / "bench")]) == 2
+    assert "exit code 3" in capsys.readouterr().err
+
+
+def test_readme_without_markers(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("# no markers\n")
+    with pytest.raises(bench.BenchError, match="no <!-- bench:begin -->"):
+        bench.update_readme(readme, "table")
