@@ -1,1 +1,65 @@
-"""fedge's quantization package."""
+"""Update codecs for fedge: clip, sparsify with error feedback, quantize,
+code indices, compress with zstd, and frame — plus safe decoding.
+
+The pipeline (every stage optional, configured by one :class:`CodecSpec`)::
+
+    update ─▶ clip (L2) ─▶ + residual ─▶ top-k / random-k ─▶ stochastic 1–8 bit
+           │                                 │               or float16 / float32
+           │                                 └─▶ residual (error feedback)
+           └──────────────▶ index coding (dense | varint | bitmap | Rice) ─▶ zstd ─▶ frame
+
+The API: :func:`encode`, :func:`decode`, :func:`decode_into` (scatter-add
+into a caller's accumulator, all-or-nothing), :func:`inspect`; downlink
+:func:`encode_weights` / :func:`decode_weights` and
+:func:`encode_model_delta` / :func:`apply_model_delta` (exact XOR delta by
+default). docs/codec.md documents the frame byte by byte.
+
+Exceptions::
+
+    fedge.errors.FedgeError
+    └── quantization.CodecError (also a ValueError)
+            a bad spec, an update that cannot be encoded (NaN/Inf, wrong
+            dtype, mismatched residual), or any malformed, truncated,
+            oversized or inconsistent frame. zstandard, numpy and struct
+            errors never escape decoding: they are translated to this.
+"""
+
+from quantization.api import (
+    DecodeStats,
+    Encoded,
+    EncodeStats,
+    FrameInfo,
+    TensorInfo,
+    decode,
+    decode_into,
+    encode,
+    inspect,
+)
+from quantization.delta import (
+    apply_model_delta,
+    decode_weights,
+    encode_model_delta,
+    encode_weights,
+)
+from quantization.errors import CodecError
+from quantization.frame import DEFAULT_MAX_DECODED_BYTES
+from quantization.spec import CodecSpec
+
+__all__ = [
+    "DEFAULT_MAX_DECODED_BYTES",
+    "CodecError",
+    "CodecSpec",
+    "DecodeStats",
+    "EncodeStats",
+    "Encoded",
+    "FrameInfo",
+    "TensorInfo",
+    "apply_model_delta",
+    "decode",
+    "decode_into",
+    "decode_weights",
+    "encode",
+    "encode_model_delta",
+    "encode_weights",
+    "inspect",
+]

@@ -1,0 +1,64 @@
+"""Fixed-width bit packing into an LSB-first bit stream.
+
+Value ``i`` of width ``b`` occupies stream bits ``[b·i, b·i + b)``, least
+significant bit first; stream bit ``t`` is bit ``t mod 8`` of byte ``t // 8``
+(numpy's ``packbits(bitorder="little")``). The last byte is zero-padded.
+
+Widths up to 8 use a word trick instead of a bit matrix: eight ``b``-bit codes
+fill exactly ``b`` bytes, so each group of eight is OR-ed into one
+little-endian uint64 and its low ``b`` bytes are kept. That is vectorized and
+allocates ~16 bytes per code rather than ``b`` bytes per bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+_SHIFTS = np.arange(8, dtype=np.uint64)
+
+
+def packed_size(count: int, bits: int) -> int:
+    """Bytes used by ``count`` codes of ``bits`` bits."""
+    return (count * bits + 7) // 8
+
+
+def pack(codes: npt.NDArray[np.integer], bits: int) -> bytes:
+    """Pack unsigned codes (each < 2**bits, 1 ≤ bits ≤ 8)."""
+    count = codes.size
+    if bits == 8:
+        return bytes(codes.astype(np.uint8, copy=False).tobytes())
+    groups = (count + 7) // 8
+    padded = np.zeros(groups * 8, dtype=np.uint64)
+    padded[:count] = codes
+    words = padded.reshape(groups, 8) << (_SHIFTS * np.uint64(bits))
+    packed = np.bitwise_or.reduce(words, axis=1).astype("<u8")
+    out = packed.view(np.uint8).reshape(groups, 8)[:, :bits]
+    return bytes(out.tobytes())[: packed_size(count, bits)]
+
+
+def unpack(data: bytes | memoryview, bits: int, count: int) -> npt.NDArray[np.uint8]:
+    """Inverse of :func:`pack`; ``data`` must hold exactly ``packed_size`` bytes."""
+    raw = np.frombuffer(data, dtype=np.uint8)
+    if bits == 8:
+        return raw[:count].copy()
+    groups = (count + 7) // 8
+    padded = np.zeros((groups, 8), dtype=np.uint8)
+    # Fill the low ``bits`` bytes of each 8-byte word from the stream.
+    stream = np.zeros(groups * bits, dtype=np.uint8)
+    stream[: raw.size] = raw
+    padded[:, :bits] = stream.reshape(groups, bits)
+    words = padded.view("<u8").reshape(groups, 1)
+    mask = np.uint64((1 << bits) - 1)
+    codes = (words >> (_SHIFTS * np.uint64(bits))) & mask
+    result: npt.NDArray[np.uint8] = codes.reshape(-1)[:count].astype(np.uint8)
+    return result
+
+
+def padding_is_zero(data: bytes | memoryview, count: int, bits: int) -> bool:
+    """True when the unused high bits of the last byte are zero (canonical form)."""
+    used = count * bits
+    if used % 8 == 0 or len(data) == 0:
+        return True
+    last = data[len(data) - 1]
+    return (last >> (used % 8)) == 0
