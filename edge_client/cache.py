@@ -1,0 +1,260 @@
+"""The model cache: graphs by sha256, weights per version, resumable downloads.
+
+A version is used only after its bytes verify: the graph against the plan's
+``graph_sha256`` (and the manifest's ``sha256``), a full weights frame against
+``weights_sha256``. A cached graph is re-hashed before every use, so a file
+corrupted on disk is re-downloaded, never trained on. Partial downloads live
+in ``cache/partial`` and resume with ``Range``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_client import codec
+from edge_client.errors import DownloadError, IntegrityError, ServerError, StateReadError
+from edge_client.protocol import Plan, ProtocolClient, check_status
+from edge_client.storage import StateDir, arrays_from_bytes, arrays_to_bytes, read_json
+from edge_client.transport import StreamingTransport
+from fedge.manifest import Manifest, ManifestError
+
+log = logging.getLogger(__name__)
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class DownloadStats:
+    """What a fetch cost; returned with the model so cycle results can show it."""
+
+    graph_bytes: int = 0
+    weights_bytes: int = 0
+    used_delta: bool = False
+    graph_cached: bool = False
+    weights_cached: bool = False
+    resumed_from: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "graph_bytes": self.graph_bytes,
+            "weights_bytes": self.weights_bytes,
+            "used_delta": self.used_delta,
+            "graph_cached": self.graph_cached,
+            "weights_cached": self.weights_cached,
+            "resumed_from": self.resumed_from,
+        }
+
+
+@dataclass(frozen=True)
+class CachedModel:
+    manifest: Manifest
+    graph_path: Path
+    weights: dict[str, np.ndarray]
+    version: int
+    stats: DownloadStats
+
+
+class ModelCache:
+    def __init__(self, state: StateDir, client: ProtocolClient) -> None:
+        self.state = state
+        self.client = client
+        self.root = state.root / "cache"
+
+    # index ---------------------------------------------------------------
+    def _index(self) -> dict[str, Any]:
+        try:
+            data = read_json(self.root / "index.json")
+        except StateReadError as exc:
+            log.warning("%s; starting with an empty cache", exc)
+            data = None
+        return data if isinstance(data, dict) else {"models": {}}
+
+    def cached_version(self, model: str) -> int | None:
+        entry = self._index()["models"].get(model)
+        if not isinstance(entry, dict):
+            return None
+        version = entry.get("version")
+        if not isinstance(version, int) or not self._weights_path(model, version).exists():
+            return None
+        return version
+
+    def _weights_path(self, model: str, version: int) -> Path:
+        return self.root / "weights" / model / f"{version}.npz"
+
+    def _manifest_path(self, model: str, version: int) -> Path:
+        return self.root / "manifests" / model / f"{version}.json"
+
+    def _graph_path(self, sha: str) -> Path:
+        return self.root / "graphs" / f"{sha}.tflite"
+
+    # fetching ------------------------------------------------------------
+    async def _fetch_resumable(self, url: str, name: str, stats: DownloadStats) -> bytes:
+        part = self.root / "partial" / f"{name}.part"
+        part.parent.mkdir(parents=True, exist_ok=True)
+        offset = part.stat().st_size if part.exists() else 0
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        if offset:
+            stats.resumed_from = offset
+            log.info("resuming %s from byte %d", url, offset)
+        transport = self.client.transport
+        if isinstance(transport, StreamingTransport):
+            resp = await transport.fetch_to(url, part, headers={**self.client._auth(), **headers})
+        else:
+            resp = await self.client.get(url, headers)
+            if resp.status in (200, 206):
+                with part.open("ab" if resp.status == 206 else "wb") as fh:
+                    fh.write(resp.body)
+        if resp.status == 416:
+            # Our partial file is longer than the resource: it belongs to something else.
+            part.unlink(missing_ok=True)
+            raise DownloadError(f"GET {url}: range not satisfiable; partial download discarded")
+        try:
+            check_status(resp, f"GET {url}", ok=(200, 206))
+        except ServerError:
+            if resp.status < 500:
+                part.unlink(missing_ok=True)
+            raise
+        data = part.read_bytes()
+        part.unlink(missing_ok=True)
+        return data
+
+    async def _manifest(self, plan: Plan) -> Manifest:
+        path = self._manifest_path(plan.model, plan.version)
+        if path.exists():
+            with contextlib.suppress(ManifestError, OSError):
+                manifest = Manifest.from_json(path.read_bytes())
+                if manifest.sha256 == plan.graph_sha256:
+                    return manifest
+        resp = await self.client.get(plan.urls["manifest"])
+        check_status(resp, "GET manifest")
+        try:
+            manifest = Manifest.from_json(resp.body)
+        except ManifestError as exc:
+            raise ServerError(f"manifest from the server is invalid: {exc}") from exc
+        if manifest.sha256 != plan.graph_sha256:
+            raise IntegrityError(
+                f"manifest sha256 {manifest.sha256} does not match the plan's {plan.graph_sha256}"
+            )
+        self.state.writer.write_bytes(path, resp.body)
+        return manifest
+
+    async def _graph(self, plan: Plan, stats: DownloadStats) -> Path:
+        path = self._graph_path(plan.graph_sha256)
+        if path.exists():
+            if sha256_hex(path.read_bytes()) == plan.graph_sha256:
+                stats.graph_cached = True
+                return path
+            log.warning("cached graph %s is corrupted; downloading it again", path.name)
+            path.unlink()
+        data = await self._fetch_resumable(plan.urls["model"], plan.graph_sha256, stats)
+        digest = sha256_hex(data)
+        if digest != plan.graph_sha256:
+            raise IntegrityError(
+                f"downloaded model.tflite has sha256 {digest}, the plan says {plan.graph_sha256}"
+            )
+        stats.graph_bytes = len(data)
+        self.state.writer.write_bytes(path, data)
+        return path
+
+    async def _weights(
+        self, plan: Plan, manifest: Manifest, stats: DownloadStats
+    ) -> dict[str, np.ndarray]:
+        target = self._weights_path(plan.model, plan.version)
+        cached = self._load_weights(target)
+        if cached is not None and self._entry_sha(plan.model, plan.version) == plan.weights_sha256:
+            stats.weights_cached = True
+            return cached
+        base_version = self.cached_version(plan.model)
+        delta_url = plan.urls.get("delta")
+        if delta_url and base_version is not None and base_version != plan.version:
+            base = self._load_weights(self._weights_path(plan.model, base_version))
+            if base is not None:
+                resp = await self.client.get(delta_url)
+                if resp.status == 200:
+                    try:
+                        rebuilt = codec.apply_delta(resp.body, base, manifest)
+                    except DownloadError as exc:
+                        log.warning("%s; fetching full weights", exc)
+                    else:
+                        # The delta is exact (XOR), so the rebuilt version re-encodes
+                        # to the very frame the plan's weights_sha256 names.
+                        if codec.weights_frame_sha256(rebuilt, manifest) == plan.weights_sha256:
+                            stats.used_delta = True
+                            stats.weights_bytes = len(resp.body)
+                            return rebuilt
+                        log.warning("weights rebuilt from the delta do not verify; "
+                                    "fetching full weights")
+                if resp.status != 404:
+                    check_status(resp, "GET weights delta")
+                log.info("server has no delta from version %d; fetching full weights", base_version)
+        data = await self._fetch_resumable(
+            plan.urls["weights"], f"{plan.model}-{plan.version}-weights", stats
+        )
+        digest = sha256_hex(data)
+        if digest != plan.weights_sha256:
+            raise IntegrityError(
+                f"downloaded weights have sha256 {digest}, the plan says {plan.weights_sha256}"
+            )
+        stats.weights_bytes = len(data)
+        return codec.decode_weights(data, manifest)
+
+    def _load_weights(self, path: Path) -> dict[str, np.ndarray] | None:
+        try:
+            return arrays_from_bytes(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("cached weights %s unreadable (%s); ignoring them", path, exc)
+            return None
+
+    def _entry_sha(self, model: str, version: int) -> str | None:
+        entry = self._index()["models"].get(model)
+        if isinstance(entry, dict) and entry.get("version") == version:
+            sha = entry.get("weights_sha256")
+            return sha if isinstance(sha, str) else None
+        return None
+
+    def _commit(self, plan: Plan, weights: Mapping[str, np.ndarray]) -> None:
+        """Store the version's weights, point the index at it, drop older versions."""
+        self.state.writer.write_bytes(
+            self._weights_path(plan.model, plan.version), arrays_to_bytes(weights)
+        )
+        index = self._index()
+        previous = index["models"].get(plan.model)
+        index["models"][plan.model] = {
+            "version": plan.version,
+            "graph_sha256": plan.graph_sha256,
+            "weights_sha256": plan.weights_sha256,
+        }
+        self.state.writer.write_json(self.root / "index.json", index)
+        if isinstance(previous, dict) and previous.get("version") != plan.version:
+            # One version per model is enough for deltas; SD cards are small.
+            for old in (self.root / "weights" / plan.model).glob("*.npz"):
+                if old.name != f"{plan.version}.npz":
+                    old.unlink(missing_ok=True)
+            old_sha = previous.get("graph_sha256")
+            if isinstance(old_sha, str) and old_sha != plan.graph_sha256:
+                self._graph_path(old_sha).unlink(missing_ok=True)
+
+    async def fetch(self, plan: Plan) -> CachedModel:
+        stats = DownloadStats()
+        manifest = await self._manifest(plan)
+        graph = await self._graph(plan, stats)
+        weights = await self._weights(plan, manifest, stats)
+        missing = [t.name for t in manifest.tensors if t.name not in weights]
+        if missing:
+            raise DownloadError(f"weights for version {plan.version} lack tensors {missing}")
+        if not stats.weights_cached:
+            self._commit(plan, weights)
+        return CachedModel(manifest, graph, weights, plan.version, stats)

@@ -1,0 +1,208 @@
+"""The device side of docs/protocol.md: requests, answer parsing, error mapping.
+
+Every answer is checked before use. A garbled or truncated body is a
+retryable :class:`ServerError` (the server or a proxy misbehaved), a 4xx is
+final for that request, 429 carries the server's ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from edge_client.errors import EnrollmentError, ServerError
+from fedge.transport import Response, Transport, TransportError
+
+log = logging.getLogger(__name__)
+
+AGENT_VERSION = "0.1.0"
+
+
+def _retry_after(resp: Response) -> float | None:
+    value = resp.header("Retry-After")
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None  # an HTTP date: rare from this server; fall back to backoff
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def error_code(resp: Response) -> tuple[str | None, str]:
+    try:
+        data = resp.json()
+    except TransportError:
+        return None, resp.body[:200].decode(errors="replace")
+    if isinstance(data, dict) and isinstance(data.get("error"), dict):
+        err = data["error"]
+        return (str(err.get("code")) if err.get("code") else None), str(err.get("detail", ""))
+    return None, str(data)[:200]
+
+
+def check_status(resp: Response, what: str, ok: tuple[int, ...] = (200,)) -> None:
+    """Raise ServerError unless the status is one of ``ok``."""
+    if resp.status in ok:
+        return
+    code, detail = error_code(resp)
+    retryable = resp.status == 429 or resp.status >= 500
+    raise ServerError(
+        f"{what}: HTTP {resp.status} {code or ''} {detail}".strip(),
+        status=resp.status,
+        code=code,
+        retryable=retryable,
+        retry_after=_retry_after(resp) if resp.status in (429, 503) else None,
+    )
+
+
+def _json_object(resp: Response, what: str) -> dict[str, Any]:
+    try:
+        data = resp.json()
+    except TransportError as exc:
+        raise ServerError(f"{what}: {exc}", status=resp.status, retryable=True) from exc
+    if not isinstance(data, dict):
+        raise ServerError(f"{what}: expected a JSON object", status=resp.status, retryable=True)
+    return data
+
+
+def _field(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], what: str) -> Any:
+    value = data.get(key)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ServerError(f"{what}: field {key!r} missing or of the wrong type", retryable=True)
+    return value
+
+
+@dataclass(frozen=True)
+class ClientPlan:
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    max_examples: int | None
+    fedprox_mu: float
+
+
+@dataclass(frozen=True)
+class Plan:
+    assignment_id: str
+    model: str
+    version: int
+    graph_sha256: str
+    weights_sha256: str
+    urls: Mapping[str, str]
+    client: ClientPlan
+    codec: Mapping[str, Any]
+    deadline_s: float
+    deadline_at: float | None
+
+    @classmethod
+    def parse(cls, data: Any) -> Plan:
+        what = "check-in plan"
+        if not isinstance(data, dict):
+            raise ServerError(f"{what}: expected an object", retryable=True)
+        urls = _field(data, "urls", dict, what)
+        for key in ("manifest", "model", "weights"):
+            _field(urls, key, str, f"{what}.urls")
+        client = _field(data, "client", dict, what)
+        epochs = _field(client, "epochs", int, f"{what}.client")
+        batch = _field(client, "batch_size", int, f"{what}.client")
+        lr = _field(client, "learning_rate", (int, float), f"{what}.client")
+        max_examples = client.get("max_examples")
+        if max_examples is not None and (not isinstance(max_examples, int) or max_examples < 1):
+            raise ServerError(f"{what}.client: bad max_examples {max_examples!r}", retryable=True)
+        if epochs < 1 or batch < 1 or not math.isfinite(lr) or lr <= 0:
+            raise ServerError(f"{what}.client: epochs/batch_size/learning_rate out of range")
+        deadline_s = _field(data, "deadline_s", (int, float), what)
+        deadline_at = data.get("deadline_at")
+        return cls(
+            assignment_id=_field(data, "assignment_id", str, what),
+            model=_field(data, "model", str, what),
+            version=_field(data, "version", int, what),
+            graph_sha256=_field(data, "graph_sha256", str, what),
+            weights_sha256=_field(data, "weights_sha256", str, what),
+            urls={k: v for k, v in urls.items() if isinstance(v, str)},
+            client=ClientPlan(
+                epochs=epochs,
+                batch_size=batch,
+                learning_rate=float(lr),
+                max_examples=max_examples,
+                fedprox_mu=float(client.get("fedprox_mu") or 0.0),
+            ),
+            codec=dict(_field(data, "codec", dict, what)),
+            deadline_s=float(deadline_s),
+            deadline_at=float(deadline_at) if isinstance(deadline_at, int | float) else None,
+        )
+
+
+@dataclass(frozen=True)
+class CheckinAnswer:
+    action: str  # "train" or "wait"
+    retry_after: float
+    reason: str | None
+    plan: Plan | None
+
+
+class ProtocolClient:
+    """The device endpoints, over any Transport."""
+
+    def __init__(self, transport: Transport, token: str | None = None) -> None:
+        self.transport = transport
+        self.token = token
+
+    def _auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    async def enroll(self, enrollment_token: str, profile: Mapping[str, Any]) -> tuple[str, str]:
+        body = {"enrollment_token": enrollment_token, "profile": dict(profile)}
+        resp = await self.transport.request(
+            "POST", "/v1/devices/enroll", headers={"Content-Type": "application/json"},
+            body=_dumps(body),
+        )
+        if resp.status in (400, 401, 403, 404, 409, 410, 422):
+            code, detail = error_code(resp)
+            raise EnrollmentError(f"enrollment refused (HTTP {resp.status} {code}): {detail}")
+        check_status(resp, "enroll", ok=(200, 201))
+        data = _json_object(resp, "enroll")
+        return _field(data, "device_id", str, "enroll"), _field(data, "device_token", str, "enroll")
+
+    async def checkin(self, payload: Mapping[str, Any]) -> CheckinAnswer:
+        resp = await self.transport.request(
+            "POST", "/v1/devices/checkin",
+            headers={"Content-Type": "application/json", **self._auth()},
+            body=_dumps(dict(payload)),
+        )
+        check_status(resp, "check-in")
+        data = _json_object(resp, "check-in")
+        action = data.get("action")
+        if action == "wait":
+            retry_after = data.get("retry_after")
+            if (
+                isinstance(retry_after, bool)
+                or not isinstance(retry_after, int | float)
+                or not math.isfinite(retry_after)
+                or retry_after < 0
+            ):
+                raise ServerError("check-in: 'wait' without a valid retry_after", retryable=True)
+            reason = data.get("reason")
+            return CheckinAnswer("wait", float(retry_after), str(reason) if reason else None, None)
+        if action == "train":
+            return CheckinAnswer("train", 0.0, None, Plan.parse(data.get("plan")))
+        raise ServerError(f"check-in: unknown action {action!r}", retryable=True)
+
+    async def get(self, path: str, headers: Mapping[str, str] | None = None) -> Response:
+        merged = {**self._auth(), **(headers or {})}
+        return await self.transport.request("GET", path, headers=merged)
+
+    async def upload(self, headers: Mapping[str, str], payload: bytes) -> dict[str, Any]:
+        resp = await self.transport.request(
+            "POST", "/v1/devices/updates", headers={**self._auth(), **headers}, body=payload
+        )
+        check_status(resp, "upload", ok=(200, 201, 202))
+        return _json_object(resp, "upload")
+
+
+def _dumps(data: Mapping[str, Any]) -> bytes:
+    return json.dumps(data, separators=(",", ":")).encode()

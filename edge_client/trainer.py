@@ -1,0 +1,357 @@
+"""Training behind a small interface, with two implementations.
+
+- :class:`ProcessTrainer` (the default on devices) runs the TFLite interpreter
+  in a child process (``python -m edge_client.worker``) that speaks a framed
+  protocol over its stdin/stdout. A native crash in the runtime kills only the
+  child; the agent sees the signal, raises :class:`RuntimeCrash`, reports it at
+  the next check-in and backs off. The agent awaits the pipe: its event loop
+  never blocks on training.
+- :class:`InProcessTrainer` runs the same code in the agent's process, for the
+  fleet simulator, where a process per simulated device would be too slow.
+
+Both are driven one batch at a time (:meth:`TrainingSession.step`), so the
+agent can re-check eligibility and the deadline between batches and stop
+within one batch when a condition lapses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.metadata
+import json
+import logging
+import os
+import signal
+import struct
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from edge_client.config import DataConfig
+from edge_client.data import open_source
+from edge_client.errors import AgentError, DataError, RuntimeCrash, TrainingError
+from edge_client.storage import arrays_from_bytes, arrays_to_bytes
+from fedge.manifest import Manifest
+from fedge.runtime import RuntimeUnavailable, TrainableModel, available_runtimes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainingJob:
+    graph_path: Path
+    manifest: Manifest
+    weights: Mapping[str, np.ndarray]
+    data: DataConfig
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    max_examples: int | None
+    fedprox_mu: float
+    seed: int
+    runtime: str | None = None
+    num_threads: int = 1
+
+
+@dataclass(frozen=True)
+class StepResult:
+    examples: int
+    loss: float
+
+
+class TrainingSession(Protocol):
+    runtime: str
+    data_bytes: int
+
+    async def step(self) -> StepResult | None:
+        """Train one batch; None when the plan's batches are exhausted."""
+        ...
+
+    async def finish(self) -> dict[str, np.ndarray]:
+        """The trained weights (all tensors); ends the session."""
+        ...
+
+    async def abort(self) -> None:
+        """Stop now and discard the work; safe to call more than once."""
+        ...
+
+
+class Trainer(Protocol):
+    async def start(self, job: TrainingJob) -> TrainingSession: ...
+
+    async def probe_runtime(self) -> str:
+        """The TFLite runtime training would use, e.g. ``ai-edge-litert 2.3.0``."""
+        ...
+
+
+def local_runtime(preferred: str | None) -> str:
+    names = available_runtimes()
+    name = preferred if preferred in names else (names[0] if names and not preferred else None)
+    if name is None:
+        return "none"
+    dist = {"tensorflow": "tensorflow"}.get(name, name)
+    for candidate in (dist, f"{dist}-cpu"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            return f"{name} {importlib.metadata.version(candidate)}"
+    return f"{name} unknown"
+
+
+class LocalSession:
+    """Synchronous training on one interpreter: what the worker and the
+    in-process trainer both run."""
+
+    def __init__(self, job: TrainingJob) -> None:
+        try:
+            self.model = TrainableModel(
+                job.graph_path, job.manifest, runtime=job.runtime, num_threads=job.num_threads
+            )
+            self.model.set_weights(job.weights)
+        except RuntimeUnavailable as exc:
+            raise TrainingError(str(exc)) from exc
+        self.runtime = str(self.model.runtime)
+        source = open_source(job.data, job.manifest)
+        self.data_bytes = int(getattr(source, "nbytes", 0))
+        self._batches: Iterator[tuple[np.ndarray, np.ndarray]] = source.batches(
+            job.batch_size, job.epochs, job.max_examples, job.seed
+        )
+        self.job = job
+
+    def step(self) -> StepResult | None:
+        batch = next(self._batches, None)
+        if batch is None:
+            return None
+        x, y = batch
+        if len(x) == 0:
+            return StepResult(0, float("nan"))
+        loss = self.model.train_step(
+            x, y, self.job.learning_rate, self.job.fedprox_mu if self.job.manifest.fedprox else None
+        )
+        return StepResult(len(x), loss)
+
+    def weights(self) -> dict[str, np.ndarray]:
+        return self.model.get_weights()
+
+
+class _InProcessSession:
+    def __init__(self, local: LocalSession) -> None:
+        self._local: LocalSession | None = local
+        self.runtime = local.runtime
+        self.data_bytes = local.data_bytes
+
+    async def step(self) -> StepResult | None:
+        if self._local is None:
+            raise TrainingError("training session already ended")
+        return self._local.step()
+
+    async def finish(self) -> dict[str, np.ndarray]:
+        if self._local is None:
+            raise TrainingError("training session already ended")
+        weights = self._local.weights()
+        self._local = None
+        return weights
+
+    async def abort(self) -> None:
+        self._local = None
+
+
+class InProcessTrainer:
+    """Trains in the agent's own process (the simulator). A native crash here
+    would take the process down; devices use :class:`ProcessTrainer`."""
+
+    def __init__(self, runtime: str | None = None) -> None:
+        self.runtime = runtime
+
+    async def start(self, job: TrainingJob) -> TrainingSession:
+        return _InProcessSession(LocalSession(job))
+
+    async def probe_runtime(self) -> str:
+        return local_runtime(self.runtime)
+
+
+# --- the worker protocol ------------------------------------------------------
+# A frame is: u32 header length, JSON header, u64 blob length, blob (an .npz of
+# arrays, or empty). JSON + .npz rather than pickle: the worker may run another
+# interpreter with another NumPy (tflite-runtime needs numpy<2), and .npz is
+# stable across NumPy versions.
+
+_HEAD = struct.Struct(">I")
+_BLOB = struct.Struct(">Q")
+
+
+def encode_frame(header: Mapping[str, Any], blob: bytes = b"") -> bytes:
+    head = json.dumps(dict(header)).encode()
+    return _HEAD.pack(len(head)) + head + _BLOB.pack(len(blob)) + blob
+
+
+def job_header(job: TrainingJob) -> dict[str, Any]:
+    return {
+        "cmd": "start",
+        "graph_path": str(job.graph_path),
+        "manifest": job.manifest.to_dict(),
+        "data": job.data.to_dict(),
+        "epochs": job.epochs,
+        "batch_size": job.batch_size,
+        "learning_rate": job.learning_rate,
+        "max_examples": job.max_examples,
+        "fedprox_mu": job.fedprox_mu,
+        "seed": job.seed,
+        "runtime": job.runtime,
+        "num_threads": job.num_threads,
+    }
+
+
+def job_from_header(header: Mapping[str, Any], blob: bytes) -> TrainingJob:
+    data = header["data"]
+    return TrainingJob(
+        graph_path=Path(header["graph_path"]),
+        manifest=Manifest.from_dict(header["manifest"]),
+        weights=arrays_from_bytes(blob),
+        data=DataConfig(
+            kind=data["kind"], path=data.get("path"), label_column=data.get("label_column"),
+            callable=data.get("callable"), python_path=tuple(data.get("python_path") or ()),
+        ),
+        epochs=int(header["epochs"]),
+        batch_size=int(header["batch_size"]),
+        learning_rate=float(header["learning_rate"]),
+        max_examples=header.get("max_examples"),
+        fedprox_mu=float(header["fedprox_mu"]),
+        seed=int(header["seed"]),
+        runtime=header.get("runtime"),
+        num_threads=int(header.get("num_threads", 1)),
+    )
+
+
+class _ProcessSession:
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.runtime = "unknown"
+        self.data_bytes = 0
+        self._ended = False
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    async def _crash(self, during: str) -> RuntimeCrash:
+        returncode = await self.proc.wait()
+        self._ended = True
+        sig = -returncode if returncode < 0 else None
+        name = signal.Signals(sig).name if sig else None
+        what = f"signal {name}" if name else f"exit code {returncode}"
+        return RuntimeCrash(
+            f"training worker died during {during} ({what})", signal=sig, returncode=returncode
+        )
+
+    async def call(
+        self, header: Mapping[str, Any], blob: bytes = b"", *, during: str
+    ) -> tuple[dict[str, Any], bytes]:
+        if self._ended:
+            raise TrainingError("training session already ended")
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        try:
+            self.proc.stdin.write(encode_frame(header, blob))
+            await self.proc.stdin.drain()
+            (head_len,) = _HEAD.unpack(await self.proc.stdout.readexactly(_HEAD.size))
+            reply = json.loads(await self.proc.stdout.readexactly(head_len))
+            (blob_len,) = _BLOB.unpack(await self.proc.stdout.readexactly(_BLOB.size))
+            out_blob = await self.proc.stdout.readexactly(blob_len) if blob_len else b""
+        except (asyncio.IncompleteReadError, ConnectionResetError, BrokenPipeError) as exc:
+            raise await self._crash(during) from exc
+        if not reply.get("ok"):
+            kind = reply.get("kind")
+            message = str(reply.get("error", "unknown worker error"))
+            await self.abort()
+            raise DataError(message) if kind == "data" else TrainingError(message)
+        return reply, out_blob
+
+    async def step(self) -> StepResult | None:
+        reply, _ = await self.call({"cmd": "step"}, during="a train step")
+        if reply.get("done"):
+            return None
+        return StepResult(int(reply["examples"]), float(reply["loss"]))
+
+    async def finish(self) -> dict[str, np.ndarray]:
+        _, blob = await self.call({"cmd": "finish"}, during="get_weights")
+        await self.abort()
+        return arrays_from_bytes(blob)
+
+    async def abort(self) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError, BrokenPipeError, ConnectionResetError):
+                assert self.proc.stdin is not None
+                self.proc.stdin.write(encode_frame({"cmd": "stop"}))
+                await self.proc.stdin.drain()
+                self.proc.stdin.close()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 5.0)
+            except asyncio.TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.kill()
+                await self.proc.wait()
+
+
+class ProcessTrainer:
+    """Trains in ``python -m edge_client.worker`` (``python`` may be another
+    interpreter, e.g. one with tflite-runtime and numpy<2)."""
+
+    def __init__(
+        self, python: str | None = None, runtime: str | None = None, num_threads: int = 1
+    ) -> None:
+        self.python = python or sys.executable
+        self.runtime = runtime
+        self.num_threads = num_threads
+        self.last_session: _ProcessSession | None = None
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        # One BLAS thread: training is the runtime's job, and the agent must stay frugal.
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env.setdefault(var, str(self.num_threads))
+        root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        return env
+
+    async def _spawn(self) -> _ProcessSession:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                self.python, "-m", "edge_client.worker",
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                env=self._env(),
+            )
+        except OSError as exc:
+            raise TrainingError(f"cannot start the training worker {self.python!r}: {exc}") from exc
+        return _ProcessSession(proc)
+
+    async def start(self, job: TrainingJob) -> TrainingSession:
+        session = await self._spawn()
+        self.last_session = session
+        header = job_header(job)
+        header["runtime"] = job.runtime or self.runtime
+        try:
+            reply, _ = await session.call(
+                header, arrays_to_bytes(job.weights), during="model load"
+            )
+        except AgentError:
+            await session.abort()
+            raise
+        session.runtime = str(reply.get("runtime", "unknown"))
+        session.data_bytes = int(reply.get("data_bytes", 0))
+        return session
+
+    async def probe_runtime(self) -> str:
+        session = await self._spawn()
+        try:
+            reply, _ = await session.call(
+                {"cmd": "probe", "runtime": self.runtime}, during="runtime probe"
+            )
+        finally:
+            await session.abort()
+        return str(reply.get("runtime", "none"))
