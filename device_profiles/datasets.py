@@ -188,7 +188,7 @@ def partition(
 
 def _largest_remainder(quotas: np.ndarray, total: int) -> np.ndarray:
     """Integer counts summing to ``total``, each within 1 of its quota."""
-    base = np.floor(quotas).astype(np.int64)
+    base: np.ndarray = np.floor(quotas).astype(np.int64)
     short = total - int(base.sum())
     if short > 0:
         order = np.argsort(-(quotas - base), kind="stable")
