@@ -1,0 +1,76 @@
+"""The service's only door to ``quantization``: weights frames, deltas, updates.
+
+Keeping every call in one module means the service speaks one vocabulary
+(``{tensor name: array}`` and ``TensorSpec`` tables from the manifest) and
+``quantization.CodecError`` is the one codec error the handlers translate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+import quantization
+from fedge.manifest import Manifest
+from quantization import CodecError
+
+__all__ = [
+    "CodecError",
+    "accumulate",
+    "apply_delta",
+    "decode_weights",
+    "encode_delta",
+    "encode_weights",
+    "expected_for",
+    "validate_codec_spec",
+]
+
+
+def validate_codec_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The spec as the canonical dict; ValueError naming what is wrong."""
+    try:
+        parsed = quantization.CodecSpec.from_dict(dict(spec))
+    except (CodecError, TypeError, KeyError) as exc:
+        raise ValueError(str(exc)) from exc
+    return dict(parsed.to_dict())
+
+
+def expected_for(manifest: Manifest) -> dict[str, tuple[int, ...]]:
+    """What an update for ``manifest`` must carry: its trainable tensors, by name."""
+    return {t.name: t.shape for t in manifest.trainable}
+
+
+def _all_tensors(manifest: Manifest) -> dict[str, tuple[int, ...]]:
+    return {t.name: t.shape for t in manifest.tensors}
+
+
+def encode_weights(weights: Mapping[str, np.ndarray]) -> bytes:
+    return bytes(quantization.encode_weights(dict(weights)))
+
+
+def decode_weights(frame: bytes, manifest: Manifest) -> dict[str, np.ndarray]:
+    return dict(quantization.decode_weights(frame, expected=_all_tensors(manifest)))
+
+
+def encode_delta(new: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray]) -> bytes:
+    return bytes(quantization.encode_model_delta(dict(new), dict(base)))
+
+
+def apply_delta(frame: bytes, base: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return dict(quantization.apply_model_delta(frame, dict(base)))
+
+
+def accumulate(
+    payload: bytes,
+    accumulator: Mapping[str, np.ndarray],
+    weight: float,
+    expected: Mapping[str, tuple[int, ...]],
+    max_norm: float | None,
+) -> quantization.DecodeStats:
+    """Validate the frame completely, then add ``weight × update`` into the
+    float64 ``accumulator`` in place. Raises CodecError (accumulator untouched)."""
+    return quantization.decode_into(
+        payload, dict(accumulator), weight, expected=expected, max_norm=max_norm
+    )

@@ -1,0 +1,304 @@
+"""The OpenAPI 3.1 description of every route (hand-written; a test checks
+that each route the app serves appears here and nothing else does)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _op(
+    summary: str,
+    *,
+    security: str | None,
+    codes: dict[str, str],
+    body: str | None = None,
+    params: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "responses": {
+            code: (
+                {"description": text}
+                if code[0] in "23"
+                else {"description": text, "content": {"application/json": {"schema": _ERROR}}}
+            )
+            for code, text in codes.items()
+        },
+    }
+    if security:
+        op["security"] = [{security: []}]
+    if body:
+        op["requestBody"] = {"required": True, "content": {body: {}}}
+    if params:
+        op["parameters"] = [
+            {
+                "name": p,
+                "in": "path",
+                "required": True,
+                "schema": {"type": "integer" if p == "version" else "string"},
+            }
+            for p in params
+        ]
+    return op
+
+
+_AUTH = {"401": "missing or wrong token", "403": "token of the wrong kind"}
+_MODEL = ("model",)
+_VERSION = ("model", "version")
+_BLOB = {
+    "200": "the bytes",
+    "206": "a byte range",
+    "304": "not modified (If-None-Match)",
+    "404": "unknown model or version",
+    "416": "range not satisfiable",
+    **_AUTH,
+}
+
+
+def openapi_document() -> dict[str, Any]:
+    op, dev = "operatorToken", "deviceToken"
+    paths: dict[str, dict[str, Any]] = {
+        "/healthz": {
+            "get": _op(
+                "Liveness and storage health", security=None, codes={"200": "ok", "503": "degraded"}
+            )
+        },
+        "/metrics": {
+            "get": _op("Prometheus text exposition", security=None, codes={"200": "metrics"})
+        },
+        "/openapi.json": {"get": _op("This document", security=None, codes={"200": "OpenAPI"})},
+        "/v1/models": {
+            "get": _op(
+                "List models with their versions and lineage",
+                security=op,
+                codes={"200": "models", **_AUTH},
+            )
+        },
+        "/v1/models/{model}": {
+            "get": _op(
+                "One model: versions, lineage, buffer, live version",
+                security=op,
+                params=_MODEL,
+                codes={"200": "model", "404": "unknown model", **_AUTH},
+            )
+        },
+        "/v1/models/{model}/versions": {
+            "post": _op(
+                "Push a version: multipart parts 'manifest' (manifest.json) and "
+                "'model' (model.tflite)",
+                security=op,
+                params=_MODEL,
+                body="multipart/form-data",
+                codes={
+                    "201": "{model, version, sha256}",
+                    "400": "bad multipart",
+                    "413": "too large",
+                    "415": "not multipart",
+                    "422": "bad manifest, sha256 mismatch, model does not "
+                    "load or its weights do not match the manifest",
+                    **_AUTH,
+                },
+            )
+        },
+        "/v1/models/{model}/versions/{version}": {
+            "get": _op(
+                "One version with lineage and evaluation metrics",
+                security=op,
+                params=_VERSION,
+                codes={"200": "version", "404": "unknown model or version", **_AUTH},
+            )
+        },
+        "/v1/models/{model}/versions/{version}/manifest.json": {
+            "get": _op(
+                "The version's manifest",
+                security=dev,
+                params=_VERSION,
+                codes={"200": "manifest", "404": "unknown model or version", **_AUTH},
+            )
+        },
+        "/v1/models/{model}/versions/{version}/model.tflite": {
+            "get": _op(
+                "The graph; ETag is its sha256; Range and If-None-Match supported",
+                security=dev,
+                params=_VERSION,
+                codes=_BLOB,
+            )
+        },
+        "/v1/models/{model}/versions/{version}/weights": {
+            "get": _op(
+                "Lossless frame of all weights, or with ?from=u the lossless delta from version u "
+                "(404 no_delta if u is unknown or has another graph)",
+                security=dev,
+                params=_VERSION,
+                codes=_BLOB,
+            )
+        },
+        "/v1/models/{model}/promote": {
+            "post": _op(
+                'Make a version live (the one devices use for inference): {"version": v}',
+                security=op,
+                params=_MODEL,
+                body="application/json",
+                codes={
+                    "200": "promoted",
+                    "400": "bad JSON",
+                    "404": "unknown model or version",
+                    "415": "not JSON",
+                    **_AUTH,
+                },
+            )
+        },
+        "/v1/models/{model}/rollback": {
+            "post": _op(
+                'Make the previously live version (or {"version": v}) live again and train from it',
+                security=op,
+                params=_MODEL,
+                codes={
+                    "200": "rolled back",
+                    "404": "unknown model or version",
+                    "409": "nothing to roll back to",
+                    **_AUTH,
+                },
+            )
+        },
+        "/v1/models/{model}/pause": {
+            "post": _op(
+                "Stop handing out plans and publishing",
+                security=op,
+                params=_MODEL,
+                codes={"200": "paused", "404": "unknown model", **_AUTH},
+            )
+        },
+        "/v1/models/{model}/resume": {
+            "post": _op(
+                "Resume training",
+                security=op,
+                params=_MODEL,
+                codes={"200": "resumed", "404": "unknown model", **_AUTH},
+            )
+        },
+        "/v1/models/{model}/config": {
+            "get": _op(
+                "The model's training configuration",
+                security=op,
+                params=_MODEL,
+                codes={"200": "config", "404": "unknown model", **_AUTH},
+            ),
+            "patch": _op(
+                "Change part of the training configuration (validated)",
+                security=op,
+                params=_MODEL,
+                body="application/json",
+                codes={
+                    "200": "the new config",
+                    "400": "bad JSON",
+                    "415": "not JSON",
+                    "422": "invalid value (the detail names the key)",
+                    **_AUTH,
+                },
+            ),
+        },
+        "/v1/models/{model}/eval-data": {
+            "put": _op(
+                "Upload held-out data (.npz with x and y); every new version is evaluated on it",
+                security=op,
+                params=_MODEL,
+                body="application/octet-stream",
+                codes={
+                    "200": "stored",
+                    "400": "not an npz",
+                    "413": "too large",
+                    "415": "wrong content type",
+                    "422": "x/y missing or wrong shape",
+                    **_AUTH,
+                },
+            )
+        },
+        "/v1/enrollment-tokens": {
+            "post": _op(
+                "Create an enrollment token {uses, ttl_s}",
+                security=op,
+                body="application/json",
+                codes={
+                    "201": "{token, expires_at, uses}",
+                    "400": "bad JSON",
+                    "422": "bad values",
+                    **_AUTH,
+                },
+            )
+        },
+        "/v1/devices/enroll": {
+            "post": _op(
+                "Exchange an enrollment token for a device id and device token",
+                security=None,
+                body="application/json",
+                codes={
+                    "201": "{device_id, device_token}",
+                    "400": "bad JSON",
+                    "401": "enrollment token unknown, used up or expired",
+                },
+            )
+        },
+        "/v1/devices/checkin": {
+            "post": _op(
+                "Report state; get a plan or a retry_after (pace steering)",
+                security=dev,
+                body="application/json",
+                codes={
+                    "200": "{action: train, plan} or {action: wait, retry_after, reason}",
+                    "400": "bad JSON",
+                    "404": "unknown model",
+                    "415": "not JSON",
+                    "429": "rate limited (Retry-After)",
+                    **_AUTH,
+                },
+            )
+        },
+        "/v1/devices/updates": {
+            "post": _op(
+                "Upload an update frame (headers Idempotency-Key, Fedge-Assignment, Fedge-Model, "
+                "Fedge-Base-Version, Fedge-Examples)",
+                security=dev,
+                body="application/octet-stream",
+                codes={
+                    "202": "durable: {status, update_id, duplicate}",
+                    "400": "bad headers",
+                    "404": "unknown model",
+                    "409": "stale_update, deadline_passed, unknown_assignment, assignment_used",
+                    "413": "too large",
+                    "415": "wrong content type",
+                    "422": "bad frame, shapes, non-finite, norm",
+                    "429": "rate limited (Retry-After)",
+                    "503": "storage unavailable",
+                    **_AUTH,
+                },
+            )
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "fedge aggregation service", "version": "1"},
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "operatorToken": {"type": "http", "scheme": "bearer"},
+                "deviceToken": {"type": "http", "scheme": "bearer"},
+            },
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "properties": {
+                        "error": {
+                            "type": "object",
+                            "properties": {
+                                "code": {"type": "string"},
+                                "detail": {"type": "string"},
+                            },
+                        }
+                    },
+                },
+            },
+        },
+    }

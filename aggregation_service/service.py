@@ -1,0 +1,1247 @@
+"""The aggregation core, usable without HTTP.
+
+:class:`AggregationService` owns the store (SQLite), the blob directory, the
+update log and one :class:`ModelRuntime` per model. The aiohttp app is a thin
+layer over its methods; the simulator and the tests may call them directly.
+
+Acceptance of one update (``accept_update``), in order:
+
+1. answer a retried idempotency key from memory or the store (duplicate);
+2. check the assignment, its deadline (+ grace) and the base version's
+   staleness along the lineage;
+3. under the model's lock: ``decode_into`` the frame into the open buffer —
+   it validates the whole frame (layout, finiteness, norm bound) before it
+   touches the sum, so a bad frame changes nothing — then append the raw
+   frame and its metadata to the update log. The lock makes log order equal
+   summation order;
+4. wait for the log's group fsync, then answer 202.
+
+When a buffer holds K updates (or a sync round closes) it is sealed and a
+fresh one opens; the publisher waits until the sealed buffer's last record
+is durable, steps the server optimizer, writes the weights blob (fsync),
+then commits one SQLite transaction with the version row, the log checkpoint
+and the buffer's idempotency keys. Crash windows: docs/aggregation.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import io
+import json
+import logging
+import math
+import random
+import secrets
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from aggregation_service import codec
+from aggregation_service.blobs import BlobStore
+from aggregation_service.buffer import Buffer
+from aggregation_service.config import AggregationMode, ServiceConfig, TrainingConfig
+from aggregation_service.errors import (
+    ApiError,
+    ConfigError,
+    StorageError,
+    bad_request,
+    conflict,
+    not_found,
+    unprocessable,
+)
+from aggregation_service.metrics import Metrics
+from aggregation_service.optimizers import make_optimizer
+from aggregation_service.pacing import async_target, steer, sync_target
+from aggregation_service.store import Assignment, ModelRow, Publication, Store, VersionRow
+from aggregation_service.strategies.fedavg_sync import RoundOutcome, SyncRound, round_outcome
+from aggregation_service.strategies.fedbuff import staleness_weight
+from aggregation_service.updatelog import LogRecord, UpdateLog
+from fedge.clock import Clock, SystemClock
+from fedge.errors import FedgeError
+from fedge.manifest import Manifest, ManifestError
+from fedge.runtime import TrainableModel
+
+log = logging.getLogger("aggregation_service")
+
+WeightsReader = Callable[[bytes, Manifest], dict[str, np.ndarray]]
+Evaluator = Callable[
+    [bytes, Manifest, Mapping[str, np.ndarray], np.ndarray, np.ndarray], dict[str, float]
+]
+
+
+def runtime_weights_reader(model: bytes, manifest: Manifest) -> dict[str, np.ndarray]:
+    """Load the graph in the server's TFLite runtime and read its initial
+    weights: proves the model runs here. Blocking; call in an executor."""
+    return TrainableModel(model, manifest).get_weights()
+
+
+def runtime_evaluator(
+    model: bytes,
+    manifest: Manifest,
+    weights: Mapping[str, np.ndarray],
+    x: np.ndarray,
+    y: np.ndarray,
+) -> dict[str, float]:
+    """Run the ``evaluate`` signature on held-out data. Blocking."""
+    m = TrainableModel(model, manifest)
+    m.set_weights(weights)
+    return m.evaluate(x, y)
+
+
+def hash_token(token: str) -> str:
+    # Tokens are 32 random bytes: a plain hash is enough (nothing to brute-force).
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+    out = io.BytesIO()
+    np.savez(out, *[], **{k.replace("/", "__"): v for k, v in arrays.items()})  # type: ignore[arg-type]
+    return out.getvalue()
+
+
+def _npz_load(data: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        return {k.replace("__", "/"): z[k] for k in z.files}
+
+
+@dataclass(frozen=True)
+class UpdateRequest:
+    device_id: str
+    model: str
+    assignment_id: str
+    base_version: int
+    examples: int
+    idempotency_key: str
+    body: bytes
+
+
+@dataclass(frozen=True)
+class UpdateReceipt:
+    update_id: str
+    duplicate: bool
+
+
+@dataclass
+class OpenAssignment:
+    device_id: str
+    version: int
+    deadline_at: float
+    round_id: str | None
+
+
+@dataclass
+class ModelRuntime:
+    """In-memory state of one model: O(model size) + O(K) + open assignments."""
+
+    name: str
+    config: TrainingConfig
+    paused: bool
+    training: VersionRow
+    manifest: Manifest
+    weights: dict[str, np.ndarray]
+    optimizer_state: dict[str, np.ndarray]
+    parents: dict[int, int | None]
+    buffer: Buffer
+    sealed: deque[Buffer] = field(default_factory=deque)
+    open_assignments: dict[str, OpenAssignment] = field(default_factory=dict)
+    checkpoint: int = 0  # the persisted log checkpoint: recovery replays from here
+    pending_keys: dict[str, tuple[str, asyncio.Future[None]]] = field(default_factory=dict)
+    # Keys of the last published buffer: a retry racing its publication still
+    # finds its key here without a database read under the lock.
+    recent_keys: dict[str, str] = field(default_factory=dict)
+    round: SyncRound | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    resumed: asyncio.Event = field(default_factory=asyncio.Event)
+    publisher: asyncio.Task[None] | None = None
+    wake_publisher: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def staleness(self, base: int, limit: int) -> int | None:
+        """Versions published since ``base`` along the current lineage, or None
+        if ``base`` is not an ancestor within ``limit`` steps."""
+        current: int | None = self.training.version
+        for tau in range(limit + 1):
+            if current is None:
+                return None
+            if current == base:
+                return tau
+            current = self.parents.get(current)
+        return None
+
+    def is_ancestor(self, base: int) -> bool:
+        return self.staleness(base, len(self.parents)) is not None
+
+
+class AggregationService:
+    """Lifecycle: ``await start()`` (recovery included), use, ``await stop()``."""
+
+    def __init__(
+        self,
+        config: ServiceConfig,
+        *,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        weights_reader: WeightsReader = runtime_weights_reader,
+        evaluator: Evaluator = runtime_evaluator,
+    ) -> None:
+        self.config = config
+        self.clock: Clock = clock or SystemClock()
+        self.rng = rng or random.Random()
+        self.weights_reader = weights_reader
+        self.evaluator = evaluator
+        self.metrics = Metrics()
+        data = config.data_dir
+        self.store = Store(data / "fedge.sqlite3")
+        self.blobs = BlobStore(data / "blobs", fsync=config.fsync)
+        self.log = UpdateLog(
+            data / "log", fsync=config.fsync, segment_bytes=config.log_segment_bytes
+        )
+        self.models: dict[str, ModelRuntime] = {}
+        # Decoding and optimizer steps: CPU-bound numpy, one worker keeps ordering simple.
+        self._cpu = ThreadPoolExecutor(1, thread_name_prefix="fedge-cpu")
+        self._io = ThreadPoolExecutor(2, thread_name_prefix="fedge-io")
+        self._device_cache: OrderedDict[str, str] = OrderedDict()
+        self._delta_cache: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._reported: list[str] = []
+        self._manifest_cache: dict[tuple[str, int], Manifest] = {}
+        self._push_lock = asyncio.Lock()
+        self.started = False
+        self.metrics.buffer_fill.collect = lambda: {
+            (n,): float(m.buffer.count) for n, m in self.models.items()
+        }
+        self.metrics.outstanding.collect = lambda: {
+            (n,): float(len(m.open_assignments)) for n, m in self.models.items()
+        }
+        self.metrics.log_fsyncs.collect = lambda: {(): float(self.log.fsyncs)}
+
+    # --- helpers ---------------------------------------------------------------------
+
+    async def _cpu_run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._cpu, fn, *args)
+
+    async def _io_run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def runtime(self, name: str) -> ModelRuntime:
+        rt = self.models.get(name)
+        if rt is None:
+            raise not_found("unknown_model", f"no model named {name!r}")
+        return rt
+
+    async def version_row(self, model: str, version: int) -> VersionRow:
+        self.runtime(model)
+        row = await self.store.run(self.store.version, model, version)
+        if row is None:
+            raise not_found("unknown_version", f"model {model!r} has no version {version}")
+        return row
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        await self.store.run(self.store.open)
+        await self._io_run(self.log.open)
+        for row in await self.store.run(self.store.models):
+            self.models[row.name] = await self._load_runtime(row)
+        await self._replay()
+        for rt in self.models.values():
+            rt.publisher = self._spawn(self._publisher(rt))
+        self._spawn(self._sweeper())
+        self.started = True
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.log.drain()
+        await self._flush_reported()
+        await asyncio.get_running_loop().run_in_executor(None, self.log.close)
+        await asyncio.get_running_loop().run_in_executor(None, self.store.shutdown)
+        self._cpu.shutdown(wait=True)
+        self._io.shutdown(wait=True)
+
+    async def _load_runtime(self, row: ModelRow) -> ModelRuntime:
+        versions = await self.store.run(self.store.versions, row.name)
+        training = next(v for v in versions if v.version == row.training_version)
+        manifest = Manifest.from_json(training.manifest)
+        frame = await self._io_run(self.blobs.get, training.weights_sha256)
+        weights = await self._cpu_run(codec.decode_weights, frame, manifest)
+        state: dict[str, np.ndarray] = {}
+        if training.optimizer_sha256:
+            state = _npz_load(await self._io_run(self.blobs.get, training.optimizer_sha256))
+        config = TrainingConfig.from_dict(json.loads(row.config))
+        rt = ModelRuntime(
+            name=row.name,
+            config=config,
+            paused=row.paused,
+            training=training,
+            manifest=manifest,
+            weights=weights,
+            optimizer_state=state,
+            parents={v.version: v.base_version for v in versions},
+            buffer=Buffer.zeros(manifest.trainable),
+        )
+        rt.buffer.end_offset = row.checkpoint
+        rt.checkpoint = row.checkpoint
+        if not rt.paused:
+            rt.resumed.set()
+        now = self.clock.time()
+        for a in await self.store.run(self._open_assignments_rows, row.name):
+            if a.deadline_at + config.deadline_grace_s >= now:
+                rt.open_assignments[a.assignment_id] = OpenAssignment(
+                    a.device_id, a.version, a.deadline_at, a.round_id
+                )
+        return rt
+
+    def _open_assignments_rows(self, model: str) -> list[Assignment]:
+        rows = self.store.conn.execute(
+            "SELECT * FROM assignments WHERE model = ? AND state = 'open'", (model,)
+        ).fetchall()
+        return [Assignment(*r) for r in rows]
+
+    async def _replay(self) -> None:
+        """Rebuild every model's buffer from the log records after its checkpoint,
+        in log order, with the weights recorded at acceptance."""
+        if not self.models:
+            return
+        start = min(self._checkpoint(rt) for rt in self.models.values())
+        checkpoints = {name: self._checkpoint(rt) for name, rt in self.models.items()}
+        records = await self._io_run(lambda: list(self.log.replay(start)))
+        replayed = 0
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        for record in records:
+            rt = self.models.get(str(record.header.get("model")))
+            if rt is None or record.offset < checkpoints[rt.name]:
+                continue
+            await self._replay_one(rt, record, done)
+            replayed += 1
+        if replayed:
+            log.info("recovered %d logged updates after the last publication", replayed)
+
+    @staticmethod
+    def _checkpoint(rt: ModelRuntime) -> int:
+        return rt.checkpoint
+
+    async def _replay_one(
+        self, rt: ModelRuntime, record: LogRecord, done: asyncio.Future[None]
+    ) -> None:
+        h = record.header
+        round_id = h.get("round")
+        if (
+            rt.config.mode is AggregationMode.SYNC
+            and rt.buffer.count
+            and rt.buffer.round_id != round_id
+        ):
+            self._seal(rt)  # the previous round closed before the crash
+        base_manifest = await self._manifest(rt.name, int(h["base"]))
+        try:
+            await self._cpu_run(
+                codec.accumulate,
+                record.body,
+                rt.buffer.sums,
+                float(h["weight"]),
+                codec.expected_for(base_manifest),
+                None,
+            )
+        except codec.CodecError as exc:
+            raise StorageError(f"logged update {h['update_id']} no longer decodes: {exc}") from exc
+        rt.buffer.round_id = round_id
+        rt.buffer.record(
+            weight=float(h["weight"]),
+            tau=int(h["tau"]),
+            device=str(h["device"]),
+            key=str(h["key"]),
+            update_id=str(h["update_id"]),
+            assignment=str(h["assignment"]),
+            end_offset=record.end,
+        )
+        rt.buffer.durable = done
+        rt.pending_keys[str(h["key"])] = (str(h["update_id"]), done)
+        rt.open_assignments.pop(str(h["assignment"]), None)
+        self._reported.append(str(h["assignment"]))
+        if rt.config.mode is AggregationMode.SYNC:
+            if round_id and (rt.round is None or rt.round.round_id != round_id):
+                rt.round = SyncRound(
+                    str(round_id),
+                    int(h["base"]),
+                    self.clock.monotonic()
+                    + max(0.0, float(h["round_deadline"]) - self.clock.time()),
+                    float(h["round_deadline"]),
+                )
+                self._spawn(self._round_closer(rt, rt.round))
+            if rt.round is not None:
+                rt.round.reported += 1
+                if rt.round.reported >= rt.config.clients_per_round:
+                    rt.round.closed = True
+                    self._seal(rt)
+        elif rt.buffer.count >= rt.config.buffer_size:
+            self._seal(rt)
+
+    async def _manifest(self, model: str, version: int) -> Manifest:
+        key = (model, version)
+        cached = self._manifest_cache.get(key)
+        if cached is None:
+            row = await self.version_row(model, version)
+            cached = Manifest.from_json(row.manifest)
+            self._manifest_cache[key] = cached
+        return cached
+
+    # --- operator: models and versions ------------------------------------------------
+
+    async def push_version(
+        self, model: str, manifest_bytes: bytes, model_bytes: bytes
+    ) -> VersionRow:
+        """Verify and store a graph + manifest as a new version that starts a lineage."""
+        if not model or not all(c.isalnum() or c in "-_." for c in model) or len(model) > 64:
+            raise bad_request(
+                "bad_model_name", "model names are 1–64 letters, digits, '-', '_', '.'"
+            )
+        try:
+            manifest = Manifest.from_json(manifest_bytes)
+        except ManifestError as exc:
+            raise unprocessable("bad_manifest", str(exc)) from exc
+        try:
+            manifest.check_model_bytes(model_bytes)
+        except ManifestError as exc:
+            raise unprocessable("sha256_mismatch", str(exc)) from exc
+        try:
+            weights = await self._cpu_run(self.weights_reader, model_bytes, manifest)
+        except FedgeError as exc:
+            raise unprocessable(
+                "model_unloadable", f"the server's runtime cannot run it: {exc}"
+            ) from exc
+        self._check_weights(manifest, weights)
+        return await self._add_pushed(model, manifest, model_bytes, weights)
+
+    async def push_synthetic(
+        self, model: str, manifest: Manifest, weights: Mapping[str, np.ndarray]
+    ) -> VersionRow:
+        """TEST SEAM (benchmarks, simulator experiments): register a version from a
+        manifest and initial weights without a loadable graph. The manifest's
+        sha256 is stored as the graph's id, the graph blob is empty. Not routed
+        over HTTP."""
+        self._check_weights(manifest, weights)
+        return await self._add_pushed(
+            model, manifest, b"", dict(weights), graph_sha=manifest.sha256
+        )
+
+    @staticmethod
+    def _check_weights(manifest: Manifest, weights: Mapping[str, np.ndarray]) -> None:
+        for spec in manifest.tensors:
+            value = weights.get(spec.name)
+            if value is None:
+                raise unprocessable(
+                    "weights_mismatch", f"the model has no weights for tensor {spec.name!r}"
+                )
+            if tuple(value.shape) != spec.shape or str(value.dtype) != spec.dtype:
+                raise unprocessable(
+                    "weights_mismatch",
+                    f"tensor {spec.name!r} is {value.dtype}{list(value.shape)} in the model but "
+                    f"{spec.dtype}{list(spec.shape)} in the manifest",
+                )
+            if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+                raise unprocessable(
+                    "weights_mismatch", f"tensor {spec.name!r} has non-finite values"
+                )
+
+    async def _add_pushed(
+        self,
+        model: str,
+        manifest: Manifest,
+        graph: bytes,
+        weights: dict[str, np.ndarray],
+        *,
+        graph_sha: str | None = None,
+    ) -> VersionRow:
+        frame = await self._cpu_run(codec.encode_weights, weights)
+        graph_digest = await self._io_run(self.blobs.put, graph)
+        weights_digest = await self._io_run(self.blobs.put, frame)
+        async with self._push_lock:
+            return await self._add_pushed_locked(
+                model, manifest, weights, graph_sha or graph_digest, weights_digest
+            )
+
+    async def _add_pushed_locked(
+        self,
+        model: str,
+        manifest: Manifest,
+        weights: dict[str, np.ndarray],
+        graph_sha: str,
+        weights_digest: str,
+    ) -> VersionRow:
+        rt = self.models.get(model)
+        lock = rt.lock if rt else asyncio.Lock()
+        async with lock:
+            # Everything already queued in the log must be durable before the
+            # checkpoint moves past it, or a crash could leave the checkpoint
+            # beyond the log's end and skip later acknowledged records.
+            checkpoint = self.log.end
+            await self.log.drain()
+            existing = await self.store.run(self.store.versions, model)
+            version = (existing[-1].version + 1) if existing else 1
+            now = self.clock.time()
+            row = VersionRow(
+                model=model,
+                version=version,
+                kind="pushed",
+                base_version=None,
+                graph_sha256=graph_sha,
+                manifest=manifest.to_json(),
+                weights_sha256=weights_digest,
+                optimizer_sha256=None,
+                num_updates=0,
+                num_devices=0,
+                mean_staleness=None,
+                created_at=now,
+                log_checkpoint=checkpoint,
+                metrics=None,
+            )
+            config = rt.config if rt else self.config.training
+            await self.store.run(
+                self.store.add_pushed_version,
+                row,
+                config=json.dumps(config.to_dict()),
+                now=now,
+                checkpoint=checkpoint,
+            )
+            if rt is None:
+                db_row = await self.store.run(self.store.model, model)
+                assert db_row is not None
+                rt = await self._load_runtime(db_row)
+                self.models[model] = rt
+                rt.publisher = self._spawn(self._publisher(rt))
+            else:
+                self._drop_buffers(rt)
+                rt.training, rt.manifest, rt.weights = row, manifest, weights
+                rt.optimizer_state = {}
+                rt.parents[version] = None
+                rt.buffer = Buffer.zeros(manifest.trainable)
+                rt.buffer.end_offset = checkpoint
+                rt.checkpoint = checkpoint
+                rt.round = None
+        log.info(
+            "model %s: pushed version %d (%d parameters)", model, version, manifest.num_parameters
+        )
+        self._spawn(self._evaluate(model, version))
+        return row
+
+    def _drop_buffers(self, rt: ModelRuntime) -> None:
+        dropped = rt.buffer.count + sum(b.count for b in rt.sealed)
+        if dropped:
+            self.metrics.updates_discarded.inc(rt.name, amount=dropped)
+            log.warning("model %s: %d buffered updates discarded (new lineage)", rt.name, dropped)
+        rt.sealed.clear()
+
+    async def list_models(self) -> list[dict[str, Any]]:
+        return [await self.describe_model(name) for name in sorted(self.models)]
+
+    async def describe_model(self, name: str) -> dict[str, Any]:
+        rt = self.runtime(name)
+        row = await self.store.run(self.store.model, name)
+        assert row is not None
+        versions = await self.store.run(self.store.versions, name)
+        updates, devices = await self.store.run(self.store.lineage_stats, name)
+        return {
+            "model": name,
+            "paused": rt.paused,
+            "live_version": row.live_version,
+            "training_version": rt.training.version,
+            "mode": rt.config.mode.value,
+            "buffer": {"count": rt.buffer.count, "size": rt.config.buffer_size},
+            "outstanding_assignments": len(rt.open_assignments),
+            "rounds_abandoned": row.rounds_abandoned,
+            "num_updates": updates,
+            "num_devices": devices,
+            "versions": [v.to_json() for v in versions],
+        }
+
+    async def promote(self, name: str, version: int) -> dict[str, Any]:
+        rt = self.runtime(name)
+        await self.version_row(name, version)
+        row = await self.store.run(self.store.model, name)
+        assert row is not None
+        await self.store.run(
+            self.store.set_model_fields, name, live_version=version, previous_live=row.live_version
+        )
+        log.info("model %s: version %d promoted (was %s)", name, version, row.live_version)
+        return {"model": rt.name, "live_version": version, "previous_live": row.live_version}
+
+    async def rollback(self, name: str, version: int | None) -> dict[str, Any]:
+        """Make ``version`` (default: the live version before the last promotion)
+        live again and continue training from it; the open buffer is dropped."""
+        rt = self.runtime(name)
+        row = await self.store.run(self.store.model, name)
+        assert row is not None
+        target = version if version is not None else row.previous_live
+        if target is None:
+            raise conflict(
+                "nothing_to_roll_back", f"model {name!r} has no earlier promoted version"
+            )
+        target_row = await self.version_row(name, target)
+        async with rt.lock:
+            checkpoint = self.log.end
+            await self.log.drain()  # see _add_pushed_locked: never checkpoint past the durable end
+            await self.store.run(
+                self.store.set_model_fields,
+                name,
+                live_version=target,
+                previous_live=None,
+                training_version=target,
+                checkpoint=checkpoint,
+            )
+            self._drop_buffers(rt)
+            rt.training = target_row
+            rt.manifest = Manifest.from_json(target_row.manifest)
+            frame = await self._io_run(self.blobs.get, target_row.weights_sha256)
+            rt.weights = await self._cpu_run(codec.decode_weights, frame, rt.manifest)
+            rt.optimizer_state = (
+                _npz_load(await self._io_run(self.blobs.get, target_row.optimizer_sha256))
+                if target_row.optimizer_sha256
+                else {}
+            )
+            rt.buffer = Buffer.zeros(rt.manifest.trainable)
+            rt.buffer.end_offset = checkpoint
+            rt.checkpoint = checkpoint
+            rt.round = None
+        log.warning("model %s: rolled back to version %d", name, target)
+        return {"model": name, "live_version": target, "training_version": target}
+
+    async def set_paused(self, name: str, paused: bool) -> dict[str, Any]:
+        rt = self.runtime(name)
+        await self.store.run(self.store.set_model_fields, name, paused=int(paused))
+        rt.paused = paused
+        if paused:
+            rt.resumed.clear()
+        else:
+            rt.resumed.set()
+        return {"model": name, "paused": paused}
+
+    async def patch_config(self, name: str, patch: Any) -> TrainingConfig:
+        rt = self.runtime(name)
+        try:
+            new = rt.config.patched(patch)
+        except ConfigError as exc:
+            raise unprocessable("bad_config", str(exc)) from exc
+        await self.store.run(self.store.set_model_fields, name, config=json.dumps(new.to_dict()))
+        async with rt.lock:
+            old, rt.config = rt.config, new
+            # A smaller K completes the open buffer at once.
+            if new.mode is AggregationMode.ASYNC and rt.buffer.count >= new.buffer_size:
+                self._seal(rt)
+            if old.mode is not new.mode:
+                rt.round = None
+        return new
+
+    async def set_eval_data(self, name: str, data: bytes) -> dict[str, Any]:
+        rt = self.runtime(name)
+        try:
+            arrays = _npz_load(data)
+        except (ValueError, OSError, EOFError) as exc:
+            raise bad_request("bad_eval_data", f"not a readable .npz file: {exc}") from exc
+        if "x" not in arrays or "y" not in arrays:
+            raise unprocessable(
+                "bad_eval_data", f"the .npz needs arrays x and y, has {sorted(arrays)}"
+            )
+        x, y = arrays["x"], arrays["y"]
+        m = rt.manifest
+        if x.ndim < 1 or tuple(x.shape[1:]) != m.input.shape or len(y) != len(x) or len(x) == 0:
+            raise unprocessable(
+                "bad_eval_data",
+                f"x must be [n, {', '.join(map(str, m.input.shape))}] and y [n, …] with n ≥ 1; "
+                f"got x{list(x.shape)}, y{list(y.shape)}",
+            )
+        digest = await self._io_run(self.blobs.put, data)
+        await self.store.run(self.store.set_model_fields, name, eval_blob=digest)
+        self._spawn(self._evaluate(name, rt.training.version))
+        return {"model": name, "examples": len(x), "sha256": digest}
+
+    async def _evaluate(self, model: str, version: int) -> None:
+        """Evaluate a version on the model's held-out data, if any; failures are logged."""
+        try:
+            row = await self.store.run(self.store.model, model)
+            vrow = await self.store.run(self.store.version, model, version)
+            if row is None or row.eval_blob is None or vrow is None:
+                return
+            manifest = Manifest.from_json(vrow.manifest)
+            graph = await self._io_run(self.blobs.get, vrow.graph_sha256)
+            if not graph:
+                return  # synthetic versions have no graph to run
+            frame = await self._io_run(self.blobs.get, vrow.weights_sha256)
+            weights = await self._cpu_run(codec.decode_weights, frame, manifest)
+            data = _npz_load(await self._io_run(self.blobs.get, row.eval_blob))
+            metrics = await self._cpu_run(
+                self.evaluator, graph, manifest, weights, data["x"], data["y"]
+            )
+            metrics = {k: float(v) for k, v in metrics.items()} | {
+                "examples": float(len(data["x"]))
+            }
+            await self.store.run(self.store.set_metrics, model, version, metrics)
+            log.info("model %s version %d evaluated: %s", model, version, metrics)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("evaluation of %s version %d failed", model, version)
+
+    # --- devices ---------------------------------------------------------------------
+
+    async def create_enrollment_token(self, uses: int, ttl_s: float) -> dict[str, Any]:
+        token = "et-" + secrets.token_urlsafe(32)
+        now = self.clock.time()
+        await self.store.run(
+            self.store.add_enrollment_token, hash_token(token), uses, now + ttl_s, now
+        )
+        return {"token": token, "expires_at": now + ttl_s, "uses": uses}
+
+    async def enroll(self, enrollment_token: str, profile: Mapping[str, Any]) -> dict[str, Any]:
+        device_id = "dev-" + secrets.token_hex(8)
+        device_token = "dt-" + secrets.token_urlsafe(32)
+        ok = await self.store.run(
+            self.store.enroll,
+            hash_token(enrollment_token),
+            device_id,
+            hash_token(device_token),
+            json.dumps(dict(profile)),
+            self.clock.time(),
+        )
+        if not ok:
+            raise ApiError(
+                401, "bad_enrollment_token", "enrollment token unknown, used up or expired"
+            )
+        return {"device_id": device_id, "device_token": device_token}
+
+    async def authenticate_device(self, token: str) -> str | None:
+        digest = hash_token(token)
+        device = self._device_cache.get(digest)
+        if device is None:
+            device = await self.store.run(self.store.device_by_token, digest)
+            if device is None:
+                return None
+            self._device_cache[digest] = device
+            while len(self._device_cache) > 100_000:
+                self._device_cache.popitem(last=False)
+        return device
+
+    def check_operator(self, token: str) -> bool:
+        expected = self.config.operator_token
+        return expected is not None and hmac.compare_digest(token.encode(), expected.encode())
+
+    async def checkin(self, device_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        name = body["model"]
+        rt = self.runtime(name)
+        cfg = rt.config
+        eligible = bool(body.get("eligible", False))
+        await self.store.run(
+            self.store.touch_device,
+            device_id,
+            "eligible" if eligible else "ineligible",
+            self.clock.time(),
+        )
+
+        def wait(reason: str, retry_after: float) -> dict[str, Any]:
+            self.metrics.checkins.inc("wait", reason)
+            return {"action": "wait", "retry_after": round(retry_after, 3), "reason": reason}
+
+        jitter = self.rng.uniform(0.5, 1.5)
+        if rt.paused:
+            return wait("paused", cfg.pace_max_retry_s * jitter)
+        refusal = self._ineligible(cfg, body)
+        if refusal:
+            return wait(refusal, cfg.pace_min_retry_s * 2 * jitter)
+        round_ = None
+        if cfg.mode is AggregationMode.SYNC:
+            round_ = self._current_round(rt)
+            target = sync_target(cfg.clients_per_round, cfg.over_selection)
+            outstanding = len(round_.selected)
+        else:
+            target = async_target(cfg.buffer_size, cfg.over_provisioning)
+            outstanding = len(rt.open_assignments)
+        decision = steer(
+            outstanding,
+            target,
+            report_deadline_s=cfg.report_deadline_s,
+            min_retry_s=cfg.pace_min_retry_s,
+            max_retry_s=cfg.pace_max_retry_s,
+            rng=self.rng,
+        )
+        if not decision.admit:
+            retry = decision.retry_after
+            if round_ is not None and outstanding >= target:
+                # Come back after this round closes, spread over the next minimum wait.
+                retry = max(0.0, round_.deadline_mono - self.clock.monotonic())
+                retry += cfg.pace_min_retry_s * self.rng.uniform(0.0, 1.0)
+            return wait("pace_steering", retry)
+        now = self.clock.time()
+        version = rt.training.version
+        deadline_at = round_.deadline_at if round_ else now + cfg.report_deadline_s
+        assignment = Assignment(
+            assignment_id="as-" + secrets.token_hex(10),
+            device_id=device_id,
+            model=name,
+            version=version,
+            round_id=round_.round_id if round_ else None,
+            issued_at=now,
+            deadline_at=deadline_at,
+            state="open",
+        )
+        await self.store.run(self.store.add_assignment, assignment)
+        rt.open_assignments[assignment.assignment_id] = OpenAssignment(
+            device_id, version, deadline_at, assignment.round_id
+        )
+        if round_ is not None:
+            round_.selected.add(assignment.assignment_id)
+        base = f"/v1/models/{name}/versions/{version}"
+        urls = {
+            "manifest": f"{base}/manifest.json",
+            "model": f"{base}/model.tflite",
+            "weights": f"{base}/weights",
+        }
+        cached = body.get("cached_version")
+        if isinstance(cached, int) and cached != version and rt.is_ancestor(cached):
+            urls["delta"] = f"{base}/weights?from={cached}"
+        self.metrics.checkins.inc("train", "")
+        return {
+            "action": "train",
+            "plan": {
+                "assignment_id": assignment.assignment_id,
+                "model": name,
+                "version": version,
+                "graph_sha256": rt.training.graph_sha256,
+                "weights_sha256": rt.training.weights_sha256,
+                "urls": urls,
+                "client": dict(vars(cfg.client)),
+                "codec": dict(cfg.codec),
+                "deadline_s": round(deadline_at - now, 3),
+                "deadline_at": deadline_at,
+            },
+        }
+
+    @staticmethod
+    def _ineligible(cfg: TrainingConfig, body: Mapping[str, Any]) -> str | None:
+        req = cfg.eligibility
+        if req.require_eligible and not body.get("eligible", False):
+            return "not_eligible"
+        profile = body.get("profile") or {}
+        if req.min_memory_mb:
+            memory = profile.get("memory_mb") if isinstance(profile, Mapping) else None
+            if not isinstance(memory, (int, float)) or memory < req.min_memory_mb:
+                return "requirements"
+        if req.runtimes and not any(
+            str(body.get("runtime", "")).startswith(r) for r in req.runtimes
+        ):
+            return "requirements"
+        if req.profiles and (
+            not isinstance(profile, Mapping) or profile.get("name") not in req.profiles
+        ):
+            return "requirements"
+        return None
+
+    def _current_round(self, rt: ModelRuntime) -> SyncRound:
+        if rt.round is None or rt.round.closed:
+            now = self.clock.time()
+            rt.round = SyncRound(
+                round_id="rd-" + secrets.token_hex(6),
+                version=rt.training.version,
+                deadline_mono=self.clock.monotonic() + rt.config.report_deadline_s,
+                deadline_at=now + rt.config.report_deadline_s,
+            )
+            rt.buffer.round_id = rt.round.round_id
+            self._spawn(self._round_closer(rt, rt.round))
+        return rt.round
+
+    async def _round_closer(self, rt: ModelRuntime, round_: SyncRound) -> None:
+        await self.clock.sleep(max(0.0, round_.deadline_mono - self.clock.monotonic()))
+        async with rt.lock:
+            if round_.closed or rt.round is not round_:
+                return
+            round_.closed = True
+            outcome = round_outcome(
+                round_.reported,
+                clients_per_round=rt.config.clients_per_round,
+                min_reports=rt.config.required_reports,
+                deadline_passed=True,
+            )
+            if rt.buffer.count == 0 and outcome is RoundOutcome.ABANDON and not round_.reported:
+                rt.round = None  # nobody reported: nothing to record
+                return
+            self._seal(rt, abandon=outcome is RoundOutcome.ABANDON)
+            rt.round = None
+
+    # --- updates ---------------------------------------------------------------------
+
+    def max_update_bytes(self, model: str) -> int:
+        rt = self.runtime(model)
+        return 4 * rt.manifest.num_trainable_parameters + self.config.frame_overhead_bytes
+
+    async def accept_update(self, req: UpdateRequest) -> UpdateReceipt:
+        started = time.perf_counter()
+        rt = self.runtime(req.model)
+        dup = await self._duplicate(rt, req.idempotency_key)
+        if dup is not None:
+            return dup
+        cfg = rt.config
+        open_a = rt.open_assignments.get(req.assignment_id)
+        if open_a is None:
+            row = await self.store.run(self.store.assignment, req.assignment_id)
+            if row is None or row.device_id != req.device_id or row.model != req.model:
+                raise self._reject(
+                    conflict(
+                        "unknown_assignment",
+                        f"no assignment {req.assignment_id!r} for this device and model",
+                    )
+                )
+            if row.state == "reported":
+                raise self._reject(
+                    conflict(
+                        "assignment_used",
+                        "this assignment already has an accepted update "
+                        "(with another idempotency key)",
+                    )
+                )
+            raise self._reject(
+                conflict(
+                    "deadline_passed",
+                    f"assignment {req.assignment_id} expired at {row.deadline_at:.0f}",
+                )
+            )
+        if open_a.device_id != req.device_id:
+            raise self._reject(
+                conflict(
+                    "unknown_assignment",
+                    f"no assignment {req.assignment_id!r} for this device and model",
+                )
+            )
+        if open_a.version != req.base_version:
+            raise self._reject(
+                bad_request(
+                    "bad_header",
+                    f"Fedge-Base-Version {req.base_version} is not the assignment's "
+                    f"version {open_a.version}",
+                )
+            )
+        now = self.clock.time()
+        if now > open_a.deadline_at + cfg.deadline_grace_s:
+            raise self._reject(
+                conflict(
+                    "deadline_passed",
+                    f"the report deadline passed {now - open_a.deadline_at:.0f} s ago "
+                    f"(grace {cfg.deadline_grace_s:.0f} s)",
+                )
+            )
+        base_manifest = await self._manifest(req.model, req.base_version)
+        async with rt.lock:
+            # Re-checked under the lock (memory only): a concurrent retry may have won.
+            if req.idempotency_key in rt.pending_keys or req.idempotency_key in rt.recent_keys:
+                dup = await self._duplicate(rt, req.idempotency_key)
+                if dup is not None:
+                    return dup
+            if req.assignment_id not in rt.open_assignments:
+                raise self._reject(
+                    conflict("assignment_used", "this assignment already has an accepted update")
+                )
+            tau = rt.staleness(req.base_version, cfg.max_staleness)
+            if tau is None:
+                raise self._reject(
+                    conflict(
+                        "stale_update",
+                        f"update base version {req.base_version} is not within {cfg.max_staleness} "
+                        f"versions of the training version {rt.training.version}",
+                    )
+                )
+            round_id = None
+            round_deadline = None
+            if cfg.mode is AggregationMode.SYNC:
+                r = rt.round
+                if r is None or r.closed or open_a.round_id != r.round_id:
+                    raise self._reject(
+                        conflict(
+                            "deadline_passed", "the round this assignment belonged to has closed"
+                        )
+                    )
+                round_id, round_deadline = r.round_id, r.deadline_at
+            weight = staleness_weight(req.examples, tau, cfg.staleness_exponent)
+            try:
+                await self._cpu_run(
+                    codec.accumulate,
+                    req.body,
+                    rt.buffer.sums,
+                    weight,
+                    codec.expected_for(base_manifest),
+                    cfg.max_update_norm,
+                )
+            except codec.CodecError as exc:
+                raise self._reject(unprocessable("bad_update", str(exc))) from exc
+            update_id = "up-" + secrets.token_hex(10)
+            header = {
+                "model": req.model,
+                "update_id": update_id,
+                "key": req.idempotency_key,
+                "device": req.device_id,
+                "assignment": req.assignment_id,
+                "base": req.base_version,
+                "tau": tau,
+                "weight": weight,
+                "examples": req.examples,
+                "t": now,
+                "round": round_id,
+                "round_deadline": round_deadline,
+            }
+            try:
+                _, end, durable = self.log.append(header, req.body)
+            except StorageError as exc:
+                # The sum now holds an update that is not logged: only a restart
+                # (which rebuilds from the log) makes the buffer trustworthy again.
+                log.critical("update log unusable, restart required: %s", exc)
+                raise ApiError(503, "storage_unavailable", str(exc)) from exc
+            rt.buffer.record(
+                weight=weight,
+                tau=tau,
+                device=req.device_id,
+                key=req.idempotency_key,
+                update_id=update_id,
+                assignment=req.assignment_id,
+                end_offset=end,
+            )
+            rt.buffer.durable = durable
+            rt.pending_keys[req.idempotency_key] = (update_id, durable)
+            del rt.open_assignments[req.assignment_id]
+            self.metrics.staleness.observe(tau)
+            if cfg.mode is AggregationMode.SYNC and rt.round is not None:
+                rt.round.reported += 1
+                if rt.round.reported >= cfg.clients_per_round:
+                    rt.round.closed = True
+                    self._seal(rt)
+                    rt.round = None
+            elif cfg.mode is AggregationMode.ASYNC and rt.buffer.count >= cfg.buffer_size:
+                self._seal(rt)
+        try:
+            await asyncio.shield(durable)
+        except StorageError as exc:
+            raise ApiError(503, "storage_unavailable", str(exc)) from exc
+        self._reported.append(req.assignment_id)
+        if len(self._reported) >= 64:
+            self._spawn(self._flush_reported())
+        self.metrics.updates_accepted.inc(req.model)
+        self.metrics.ack_seconds.observe(time.perf_counter() - started)
+        return UpdateReceipt(update_id, False)
+
+    async def _duplicate(self, rt: ModelRuntime, key: str) -> UpdateReceipt | None:
+        recent = rt.recent_keys.get(key)
+        if recent is not None:
+            self.metrics.updates_duplicate.inc(rt.name)
+            return UpdateReceipt(recent, True)
+        pending = rt.pending_keys.get(key)
+        if pending is not None:
+            update_id, durable = pending
+            try:
+                await asyncio.shield(durable)
+            except StorageError as exc:
+                raise ApiError(503, "storage_unavailable", str(exc)) from exc
+            self.metrics.updates_duplicate.inc(rt.name)
+            return UpdateReceipt(update_id, True)
+        published = await self.store.run(self.store.published_key, key)
+        if published is not None:
+            self.metrics.updates_duplicate.inc(rt.name)
+            return UpdateReceipt(published, True)
+        return None
+
+    def _reject(self, error: ApiError) -> ApiError:
+        self.metrics.updates_rejected.inc(error.code)
+        return error
+
+    async def _flush_reported(self) -> None:
+        ids, self._reported = self._reported, []
+        if ids:
+            await self.store.run(self.store.mark_reported, ids)
+
+    # --- publication -----------------------------------------------------------------
+
+    def _seal(self, rt: ModelRuntime, *, abandon: bool = False) -> None:
+        """Close the open buffer (caller holds the lock or is replaying) and queue it."""
+        buf = rt.buffer
+        if abandon:
+            buf.round_id = "abandoned:" + (buf.round_id or "")
+        rt.sealed.append(buf)
+        fresh = Buffer.zeros(rt.manifest.trainable)
+        fresh.end_offset = buf.end_offset
+        rt.buffer = fresh
+        rt.wake_publisher.set()
+
+    async def _publisher(self, rt: ModelRuntime) -> None:
+        while True:
+            await rt.wake_publisher.wait()
+            rt.wake_publisher.clear()
+            while rt.sealed:
+                await rt.resumed.wait()
+                buf = rt.sealed[0]
+                if buf.durable is not None:
+                    try:
+                        await asyncio.shield(buf.durable)
+                    except StorageError:
+                        log.critical("model %s: cannot publish, the update log failed", rt.name)
+                        return
+                if not rt.sealed or rt.sealed[0] is not buf:
+                    continue  # dropped by a push or rollback meanwhile
+                try:
+                    await self._publish(rt, buf)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("model %s: publication failed; retrying in 5 s", rt.name)
+                    await self.clock.sleep(5.0)
+                    continue
+                if rt.sealed and rt.sealed[0] is buf:
+                    rt.sealed.popleft()
+
+    async def _publish(self, rt: ModelRuntime, buf: Buffer) -> None:
+        started = time.perf_counter()
+        abandoned = bool(buf.round_id and buf.round_id.startswith("abandoned:"))
+        base = rt.training
+        if abandoned:
+            pub = Publication(
+                version=base,
+                checkpoint=buf.end_offset,
+                published_keys=tuple(buf.keys),
+                abandoned_round=True,
+            )
+            await self.store.run(self.store.publish, pub)
+            rt.checkpoint = buf.end_offset
+            rt.recent_keys = dict(buf.keys)
+            for key, _ in buf.keys:
+                rt.pending_keys.pop(key, None)
+            self.metrics.rounds_abandoned.inc(rt.name)
+            self.metrics.updates_discarded.inc(rt.name, amount=buf.count)
+            log.warning("model %s: round abandoned with %d reports", rt.name, buf.count)
+            return
+        optimizer = make_optimizer(rt.config.optimizer)
+
+        def step() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], bytes, bytes]:
+            delta = buf.mean()
+            trainable = {k: rt.weights[k] for k in delta}
+            new_trainable, state = optimizer.step(trainable, delta, rt.optimizer_state)
+            weights = {**rt.weights, **new_trainable}
+            return weights, state, codec.encode_weights(weights), _npz_bytes(state)
+
+        weights, state, frame, state_bytes = await self._cpu_run(step)
+        weights_sha = await self._io_run(self.blobs.put, frame)
+        state_sha = await self._io_run(self.blobs.put, state_bytes) if state else None
+        version = max(rt.parents) + 1
+        row = VersionRow(
+            model=rt.name,
+            version=version,
+            kind="aggregated",
+            base_version=base.version,
+            graph_sha256=base.graph_sha256,
+            manifest=base.manifest,
+            weights_sha256=weights_sha,
+            optimizer_sha256=state_sha,
+            num_updates=buf.count,
+            num_devices=len(buf.devices),
+            mean_staleness=buf.mean_staleness,
+            created_at=self.clock.time(),
+            log_checkpoint=buf.end_offset,
+            metrics=None,
+        )
+        await self.store.run(self.store.publish, Publication(row, buf.end_offset, tuple(buf.keys)))
+        # Committed: switch the live state over.
+        rt.training, rt.weights, rt.optimizer_state = row, weights, state
+        rt.parents[version] = base.version
+        rt.checkpoint = buf.end_offset
+        rt.recent_keys = dict(buf.keys)
+        for key, _ in buf.keys:
+            rt.pending_keys.pop(key, None)
+        self.metrics.versions_published.inc(rt.name)
+        self.metrics.aggregation_seconds.observe(time.perf_counter() - started)
+        log.info(
+            "model %s: published version %d from %d updates (%d devices)",
+            rt.name,
+            version,
+            buf.count,
+            len(buf.devices),
+        )
+        low = min(m.checkpoint for m in self.models.values())
+        self._spawn(self._io_run(self.log.prune, low))
+        self._spawn(self._evaluate(rt.name, version))
+
+    async def wait_idle(self) -> None:
+        """TEST SEAM: wait until every sealed buffer has been published."""
+        for _ in range(10_000):
+            if all(not rt.sealed for rt in self.models.values()):
+                return
+            await asyncio.sleep(0.005)
+        raise TimeoutError("publications did not finish")
+
+    # --- downloads -------------------------------------------------------------------
+
+    async def weights_delta(self, model: str, version: int, from_version: int) -> bytes:
+        key = (model, version, from_version)
+        cached = self._delta_cache.get(key)
+        if cached is not None:
+            return cached
+        row = await self.version_row(model, version)
+        old = await self.store.run(self.store.version, model, from_version)
+        if old is None or old.graph_sha256 != row.graph_sha256 or old.manifest != row.manifest:
+            raise not_found(
+                "no_delta", f"no delta from version {from_version}: fetch the full weights"
+            )
+        manifest = Manifest.from_json(row.manifest)
+        new_frame = await self._io_run(self.blobs.get, row.weights_sha256)
+        old_frame = await self._io_run(self.blobs.get, old.weights_sha256)
+
+        def make() -> bytes:
+            return codec.encode_delta(
+                codec.decode_weights(new_frame, manifest), codec.decode_weights(old_frame, manifest)
+            )
+
+        frame: bytes = await self._cpu_run(make)
+        self._delta_cache[key] = frame
+        while len(self._delta_cache) > 32:
+            self._delta_cache.popitem(last=False)
+        return frame
+
+    # --- housekeeping ----------------------------------------------------------------
+
+    async def _sweeper(self) -> None:
+        """Expire assignments past deadline + grace; flush reported marks."""
+        while True:
+            await self.clock.sleep(30.0)
+            now = self.clock.time()
+            for rt in self.models.values():
+                grace = rt.config.deadline_grace_s
+                for aid in [
+                    a for a, o in rt.open_assignments.items() if o.deadline_at + grace < now
+                ]:
+                    del rt.open_assignments[aid]
+            await self._flush_reported()
+            await self.store.run(self.store.expire_assignments, now)
+            self.metrics.devices.values = {
+                (k,): float(v)
+                for k, v in (await self.store.run(self.store.devices_by_state)).items()
+            }
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "ok" if self.started and self.log.failed is None else "degraded",
+            "models": len(self.models),
+            "log_end": self.log.end,
+        }
+
+
+def finite_or_none(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
