@@ -44,10 +44,13 @@ TRANSITIONS: dict[AgentState, frozenset[AgentState]] = {
     S.BACKING_OFF: frozenset({S.WAITING_FOR_ELIGIBILITY}),
     S.STOPPED: frozenset(),
 }
-# Any state may stop (shutdown, --once finished).
+# Any state may stop (shutdown, --once finished), and any working state may fail
+# into BACKING_OFF (an unexpected error is logged and backed off from, never a crash loop).
 for _state in AgentState:
     if _state is not S.STOPPED:
         TRANSITIONS[_state] = TRANSITIONS[_state] | {S.STOPPED}
+    if _state not in (S.STOPPED, S.BACKING_OFF):
+        TRANSITIONS[_state] = TRANSITIONS[_state] | {S.BACKING_OFF}
 
 Listener = Callable[[AgentState, AgentState, str], None]
 

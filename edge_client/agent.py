@@ -1,0 +1,529 @@
+"""The device agent: one object that runs the lifecycle against the service.
+
+A cycle is: wait for eligibility → (drain the upload queue) → check in →
+download (cache, verify) → train batch by batch, re-checking eligibility and
+the deadline between batches → encode with error feedback → persist in the
+upload queue → upload with an idempotency key. :meth:`Agent.run_cycle` does
+one and returns a :class:`CycleResult` (with its measurements and how long to
+wait before the next); :meth:`Agent.run_forever` loops, and never lets an
+error escape into a crash loop.
+
+Everything the agent needs comes in through its constructor — the clock, the
+transport, the state provider, the trainer, the state directory — so the
+simulator runs the same object on a virtual clock, in process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time as _time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from edge_client import codec
+from edge_client.cache import CachedModel, ModelCache
+from edge_client.config import AgentConfig
+from edge_client.eligibility import Eligibility, Policy, StateProvider
+from edge_client.eligibility.policy import RUNTIME_CRASH
+from edge_client.errors import (
+    AgentError,
+    DataError,
+    IntegrityError,
+    NotEnrolledError,
+    RuntimeCrash,
+    ServerError,
+    StateWriteError,
+    TrainingError,
+)
+from edge_client.lifecycle import AgentState, Lifecycle
+from edge_client.protocol import AGENT_VERSION, Plan, ProtocolClient
+from edge_client.retry import Backoff
+from edge_client.storage import Identity, QueuedUpload, StateDir
+from edge_client.trainer import Trainer, TrainingJob
+from fedge.clock import Clock
+from fedge.transport import Transport, TransportError
+
+log = logging.getLogger(__name__)
+S = AgentState
+
+# Outcomes of a cycle (CycleResult.outcome).
+UPLOADED = "uploaded"  # the server accepted this cycle's update (202)
+INELIGIBLE = "ineligible"  # a policy condition was not met; nothing ran
+PACED = "paced"  # the server (or its last retry_after) said to come back later
+LAPSED = "lapsed"  # eligibility lapsed during training; the attempt was abandoned
+CRASHED = "crashed"  # the training worker died (runtime crash)
+DROPPED = "dropped"  # the server refused the update for good (stale, deadline, invalid)
+PENDING = "upload_pending"  # the update is queued on disk; the upload will be retried
+ERROR = "error"  # network, server or local error; backing off
+NOTHING_TRAINED = "nothing_trained"  # the deadline or the data allowed no example
+
+UPLOAD_TRIES_PER_CYCLE = 3
+MAX_RESULTS = 20
+
+
+@dataclass(frozen=True)
+class CycleResult:
+    outcome: str
+    wait_s: float  # how long run_forever sleeps before the next cycle
+    at: float  # wall time the cycle ended
+    reasons: tuple[str, ...] = ()
+    version: int | None = None
+    examples: int = 0
+    batches: int = 0
+    mean_loss: float | None = None
+    batches_after_lapse: int | None = None
+    upload_bytes: int | None = None
+    compression_ratio: float | None = None
+    idempotency_key: str | None = None
+    update_id: str | None = None
+    detail: str = ""
+    download: Mapping[str, Any] = field(default_factory=dict)
+    train_seconds: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if v not in (None, "", (), {})}
+        out["reasons"] = list(self.reasons)
+        out["download"] = dict(self.download)
+        return out
+
+
+class Agent:
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        clock: Clock,
+        transport: Transport,
+        provider: StateProvider,
+        trainer: Trainer,
+        state: StateDir | None = None,
+        identity: Identity | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.transport = transport
+        self.provider = provider
+        self.trainer = trainer
+        self.state = state or StateDir(config.state_dir)
+        self.rng = rng or random.Random(config.seed)
+        self.policy = Policy(config.policy, clock)
+        self.lifecycle = Lifecycle(clock, self._on_transition)
+        self.identity = identity
+        self.client = ProtocolClient(transport, identity.device_token if identity else None)
+        self.cache = ModelCache(self.state, self.client)
+        self.backoff = Backoff(config.backoff.base_s, config.backoff.max_s, self.rng)
+        self.runtime = "unknown"
+        self.eligibility: Eligibility | None = None
+        self.results: list[CycleResult] = []
+        self.pending_reasons: set[str] = set()  # failures to report at the next check-in
+        self._next_checkin_at = 0.0  # monotonic; honours the server's retry_after
+        self._next_report_at = 0.0
+        self._started = False
+        self._accepted: dict[str, str] = {}  # idempotency key → update_id, last drain
+        self._dropped: dict[str, str] = {}  # idempotency key → why, last drain
+
+    # --- plumbing -----------------------------------------------------------
+    def _on_transition(self, old: AgentState, new: AgentState, why: str) -> None:
+        self._write_status()
+
+    def _write_status(self) -> None:
+        status = {
+            "state": self.lifecycle.state.value,
+            "since": self.clock.time(),
+            "model": self.config.model,
+            "runtime": self.runtime,
+            "device_id": self.identity.device_id if self.identity else None,
+            "eligibility": self.eligibility.to_dict() if self.eligibility else None,
+            "pending_reasons": sorted(self.pending_reasons),
+            "queue_length": self.state.queue_length(),
+            "cached_version": self.cache.cached_version(self.config.model),
+            "last_results": [r.to_dict() for r in self.results[-MAX_RESULTS:]],
+        }
+        try:
+            self.state.save_status(status)
+        except StateWriteError as exc:
+            # The status file is for humans; a full disk must not stop the agent.
+            log.warning("cannot write status: %s", exc)
+
+    def _finish(self, result: CycleResult) -> CycleResult:
+        self.results.append(result)
+        del self.results[:-MAX_RESULTS]
+        log.info(
+            "cycle: %s%s%s", result.outcome,
+            f" ({', '.join(result.reasons)})" if result.reasons else "",
+            f": {result.detail}" if result.detail else "",
+        )
+        self._write_status()
+        return result
+
+    def _result(self, outcome: str, wait_s: float, **kwargs: Any) -> CycleResult:
+        return self._finish(CycleResult(outcome, max(0.0, wait_s), self.clock.time(), **kwargs))
+
+    def _to(self, state: AgentState, why: str = "") -> None:
+        self.lifecycle.to(state, why)
+
+    async def start(self) -> None:
+        """Load identity and state, probe the runtime. Idempotent."""
+        if self._started:
+            return
+        self.state.prepare()
+        if self.identity is None:
+            self.identity = self.state.load_identity()
+            if self.identity is None:
+                raise NotEnrolledError(
+                    f"no device identity in {self.state.root} (run `fedge agent init`)"
+                )
+            self.client.token = self.identity.device_token
+        previous = self.state.load_status() or {}
+        self.pending_reasons |= set(previous.get("pending_reasons") or ())
+        try:
+            self.runtime = await self.trainer.probe_runtime()
+        except AgentError as exc:
+            log.warning("cannot determine the TFLite runtime: %s", exc)
+            self.runtime = "none"
+        log.info(
+            "agent %s for model %r, runtime %s, %d queued upload(s)",
+            self.identity.device_id, self.config.model, self.runtime, self.state.queue_length(),
+        )
+        self._started = True
+        self._to(S.WAITING_FOR_ELIGIBILITY, "started")
+
+    async def check_eligibility(self) -> Eligibility:
+        state = await self.provider.read()
+        self.eligibility = self.policy.evaluate(state)
+        return self.eligibility
+
+    def _backoff_wait(self, floor: float = 0.0) -> float:
+        return self.backoff.next_wait(floor)
+
+    # --- the cycle ----------------------------------------------------------
+    async def run_cycle(self) -> CycleResult:
+        await self.start()
+        if self.lifecycle.state is not S.WAITING_FOR_ELIGIBILITY:
+            self._to(S.WAITING_FOR_ELIGIBILITY, "next cycle")
+        policy = self.config.policy
+        eligibility = await self.check_eligibility()
+        now = self.clock.monotonic()
+
+        if eligibility.eligible and self.state.queue_length():
+            self._to(S.UPLOADING, "resuming queued uploads")
+            drained = await self._drain_queue()
+            if drained is not None:  # a retryable failure: back off, keep the queue
+                self._to(S.BACKING_OFF, drained.detail)
+                return drained
+            self._to(S.WAITING_FOR_ELIGIBILITY, "queue drained")
+
+        if now < self._next_checkin_at:
+            return self._result(
+                PACED, min(self._next_checkin_at - now, policy.recheck_interval_s),
+                detail="waiting for the server's retry_after",
+            )
+
+        if not eligibility.eligible:
+            if now >= self._next_report_at:
+                # Tell the server why we are not training (its fleet view), rarely.
+                self._next_report_at = now + policy.report_interval_s
+                with contextlib.suppress(AgentError, TransportError):
+                    self._to(S.CHECKING_IN, "reporting ineligibility")
+                    answer = await self.client.checkin(self._checkin_payload(eligibility))
+                    if answer.action == "wait":
+                        self._next_checkin_at = now + answer.retry_after
+                if self.lifecycle.state is not S.WAITING_FOR_ELIGIBILITY:
+                    self._to(S.WAITING_FOR_ELIGIBILITY, "not eligible")
+            return self._result(INELIGIBLE, policy.recheck_interval_s, reasons=eligibility.reasons)
+
+        # Check in.
+        self._to(S.CHECKING_IN, "eligible")
+        try:
+            answer = await self.client.checkin(self._checkin_payload(eligibility))
+        except (TransportError, ServerError) as exc:
+            floor = _retry_floor(exc)
+            wait = self._backoff_wait(floor)
+            if isinstance(exc, ServerError) and not exc.retryable:
+                wait = max(wait, self.config.backoff.max_s)  # 401/403/4xx: no point hammering
+            self._to(S.BACKING_OFF, f"check-in failed: {exc}")
+            return self._result(ERROR, wait, detail=f"check-in: {exc}")
+        self.pending_reasons.clear()
+        if answer.action == "wait" or answer.plan is None:
+            self._next_checkin_at = self.clock.monotonic() + answer.retry_after
+            self._to(S.PACED, f"server: wait {answer.retry_after:.1f} s ({answer.reason})")
+            self._to(S.WAITING_FOR_ELIGIBILITY, "paced")
+            return self._result(
+                PACED, answer.retry_after, detail=f"server said wait ({answer.reason})"
+            )
+        return await self._train_and_upload(answer.plan)
+
+    def _checkin_payload(self, eligibility: Eligibility) -> dict[str, Any]:
+        extra = sorted(self.pending_reasons - set(eligibility.reasons))
+        reasons = list(eligibility.reasons) + extra
+        return {
+            "model": self.config.model,
+            "eligible": eligibility.eligible,
+            "reasons": reasons,
+            "runtime": self.runtime,
+            "profile": dict(self.config.profile),
+            "cached_version": self.cache.cached_version(self.config.model),
+            "agent_version": AGENT_VERSION,
+        }
+
+    async def _download(self, plan: Plan) -> CachedModel:
+        try:
+            return await self.cache.fetch(plan)
+        except IntegrityError as exc:
+            # A corrupted transfer: the bad bytes are gone; one immediate retry.
+            log.warning("%s; downloading again", exc)
+            return await self.cache.fetch(plan)
+
+    async def _train_and_upload(self, plan: Plan) -> CycleResult:
+        received = self.clock.monotonic()
+        # Leave a tenth of the window (at most a minute) for encoding and upload.
+        margin = min(60.0, 0.1 * plan.deadline_s)
+        deadline = received + max(0.0, plan.deadline_s - margin)
+        self._to(S.DOWNLOADING, f"version {plan.version} ({plan.assignment_id})")
+        try:
+            model = await self._download(plan)
+        except (TransportError, AgentError) as exc:
+            wait = self._backoff_wait(_retry_floor(exc))
+            self._to(S.BACKING_OFF, f"download failed: {exc}")
+            return self._result(ERROR, wait, version=plan.version, detail=f"download: {exc}")
+
+        self._to(S.TRAINING, f"{plan.client.epochs} epoch(s), batch {plan.client.batch_size}")
+        outcome = await self._train(plan, model, deadline)
+        if isinstance(outcome, CycleResult):
+            return outcome
+        trained, examples, batches, losses, seconds = outcome
+
+        self._to(S.ENCODING, f"{examples} examples")
+        try:
+            entry, payload, stats = await self._encode_and_queue(plan, model, trained, examples)
+        except (AgentError, OSError) as exc:
+            self._to(S.BACKING_OFF, f"encoding failed: {exc}")
+            return self._result(
+                ERROR, self._backoff_wait(), version=plan.version, examples=examples,
+                batches=batches, detail=f"encode: {exc}",
+            )
+        self._to(S.UPLOADING, f"{len(payload)} bytes")
+        drained = await self._drain_queue()
+        base = {
+            "version": plan.version, "examples": examples, "batches": batches,
+            "mean_loss": float(np.mean(losses)) if losses else None,
+            "upload_bytes": len(payload),
+            "compression_ratio": stats.get("ratio"),
+            "idempotency_key": entry.idempotency_key,
+            "download": model.stats.to_dict(), "train_seconds": seconds,
+        }
+        if drained is not None:
+            self._to(S.BACKING_OFF, drained.detail)
+            return self._result(drained.outcome, drained.wait_s, detail=drained.detail, **base)
+        mine = self._accepted.get(entry.idempotency_key)
+        self._to(S.WAITING_FOR_ELIGIBILITY, "cycle done")
+        if mine is None:
+            return self._result(
+                DROPPED, self.config.policy.recheck_interval_s,
+                detail=self._dropped.get(entry.idempotency_key, "refused"), **base,
+            )
+        self.backoff.reset()
+        return self._result(
+            UPLOADED, self.config.policy.recheck_interval_s, update_id=mine, **base
+        )
+
+    async def _train(
+        self, plan: Plan, model: CachedModel, deadline: float
+    ) -> CycleResult | tuple[dict[str, np.ndarray], int, int, list[float], float]:
+        job = TrainingJob(
+            graph_path=model.graph_path,
+            manifest=model.manifest,
+            weights=model.weights,
+            data=self.config.data,
+            epochs=plan.client.epochs,
+            batch_size=plan.client.batch_size,
+            learning_rate=plan.client.learning_rate,
+            max_examples=plan.client.max_examples,
+            fedprox_mu=plan.client.fedprox_mu,
+            seed=self.rng.getrandbits(32),
+            runtime=self.config.runtime.name,
+            num_threads=self.config.runtime.num_threads,
+        )
+        started = self.clock.monotonic()
+        examples = batches = 0
+        losses: list[float] = []
+        session = None
+        try:
+            session = await self.trainer.start(job)
+            self.runtime = session.runtime
+            while True:
+                eligibility = await self.check_eligibility()
+                if not eligibility.eligible:
+                    # Stop now; nothing of this attempt is uploaded (the update
+                    # would be from a device that was not allowed to train).
+                    await session.abort()
+                    self._to(S.WAITING_FOR_ELIGIBILITY, f"lapsed: {','.join(eligibility.reasons)}")
+                    return self._result(
+                        LAPSED, self.config.policy.recheck_interval_s,
+                        reasons=eligibility.reasons, version=plan.version, examples=examples,
+                        batches=batches, detail="eligibility lapsed during training",
+                    )
+                if self.clock.monotonic() >= deadline:
+                    log.info("deadline reached after %d examples; stopping early", examples)
+                    break
+                step = await session.step()
+                if step is None:
+                    break
+                examples += step.examples
+                batches += 1
+                losses.append(step.loss)
+            if examples == 0:
+                await session.abort()
+                self._to(S.WAITING_FOR_ELIGIBILITY, "nothing trained")
+                return self._result(
+                    NOTHING_TRAINED, self._backoff_wait(), version=plan.version,
+                    detail="no example trained before the deadline (or no data)",
+                )
+            trained = await session.finish()
+        except RuntimeCrash as exc:
+            self.pending_reasons.add(RUNTIME_CRASH)
+            wait = max(self._backoff_wait(), self.config.backoff.crash_s * self.rng.uniform(0.5, 1))
+            self._to(S.BACKING_OFF, str(exc))
+            return self._result(
+                CRASHED, wait, reasons=(RUNTIME_CRASH,), version=plan.version,
+                examples=examples, batches=batches, detail=str(exc),
+            )
+        except (TrainingError, DataError) as exc:
+            if session is not None:
+                await session.abort()
+            self._to(S.BACKING_OFF, f"training failed: {exc}")
+            return self._result(
+                ERROR, self._backoff_wait(), version=plan.version, detail=f"training: {exc}"
+            )
+        return trained, examples, batches, losses, self.clock.monotonic() - started
+
+    async def _encode_and_queue(
+        self, plan: Plan, model: CachedModel, trained: Mapping[str, np.ndarray], examples: int
+    ) -> tuple[QueuedUpload, bytes, Mapping[str, Any]]:
+        trainable = model.manifest.trainable
+        update = {
+            t.name: np.asarray(trained[t.name], np.float32) - np.asarray(model.weights[t.name],
+                                                                         np.float32)
+            for t in trainable
+        }
+        residual = self.state.load_residual(plan.model)
+        if residual is not None and (
+            set(residual) != set(update)
+            or any(residual[k].shape != update[k].shape for k in update)
+        ):
+            log.info("discarding a residual that does not fit version %d's tensors", plan.version)
+            residual = None
+        seed = self.rng.getrandbits(32)
+        encoded = await asyncio.to_thread(codec.encode_update, update, plan.codec, residual, seed)
+        entry = QueuedUpload(
+            idempotency_key=str(uuid.UUID(int=self.rng.getrandbits(128), version=4)),
+            assignment_id=plan.assignment_id,
+            model=plan.model,
+            base_version=plan.version,
+            examples=examples,
+            created_at=self.clock.time(),
+            deadline_at=plan.deadline_at,
+        )
+        # The residual is saved before the update is queued: if power is lost in
+        # between, error-feedback mass is lost (harmless) rather than sent twice.
+        self.state.save_residual(plan.model, encoded.residual)
+        self.state.enqueue(entry, encoded.payload)
+        return entry, encoded.payload, encoded.stats
+
+    # --- uploads ------------------------------------------------------------
+    async def _drain_queue(self) -> CycleResult | None:
+        """Upload every queued update. Returns None when the queue is empty (each
+        entry accepted or dropped for good), or a result to back off with."""
+        self._accepted = {}
+        self._dropped = {}
+        for entry, payload in list(self.state.queued()):
+            current = entry
+            for attempt in range(UPLOAD_TRIES_PER_CYCLE):
+                current = replace(current, attempts=current.attempts + 1)
+                try:
+                    self.state.update_queued(current)
+                except StateWriteError as exc:
+                    log.warning("cannot record the upload attempt: %s", exc)
+                try:
+                    answer = await self.client.upload(current.headers(), payload)
+                except (TransportError, ServerError) as exc:
+                    retryable = not isinstance(exc, ServerError) or exc.retryable
+                    if not retryable:
+                        code = exc.code if isinstance(exc, ServerError) else None
+                        log.warning(
+                            "dropping update %s (assignment %s): the server refused it for good "
+                            "(%s)", current.idempotency_key, current.assignment_id, code or exc,
+                        )
+                        self.state.dequeue(current.idempotency_key)
+                        self._dropped[current.idempotency_key] = str(exc)
+                        break
+                    floor = _retry_floor(exc)
+                    wait = self._backoff_wait(floor)
+                    if attempt + 1 == UPLOAD_TRIES_PER_CYCLE:
+                        return CycleResult(
+                            PENDING, wait, self.clock.time(),
+                            detail=f"upload of {current.idempotency_key} will be retried: {exc}",
+                        )
+                    log.warning("upload failed (%s); retrying in %.1f s", exc, wait)
+                    await self.clock.sleep(wait)
+                    continue
+                update_id = str(answer.get("update_id", ""))
+                log.info(
+                    "update %s accepted as %s%s", current.idempotency_key, update_id,
+                    " (duplicate)" if answer.get("duplicate") else "",
+                )
+                self.state.dequeue(current.idempotency_key)
+                self._accepted[current.idempotency_key] = update_id
+                self.backoff.reset()
+                break
+        return None
+
+    # --- forever --------------------------------------------------------------
+    async def run_forever(self, stop: asyncio.Event | None = None) -> None:
+        stop = stop or asyncio.Event()
+        await self.start()
+        while not stop.is_set():
+            try:
+                result = await self.run_cycle()
+                wait = result.wait_s
+            except Exception as exc:  # never a crash loop: log, back off, carry on
+                log.exception("unexpected error in the agent cycle: %s", exc)
+                if self.lifecycle.state not in (S.BACKING_OFF, S.STOPPED):
+                    self._to(S.BACKING_OFF, f"unexpected {type(exc).__name__}")
+                wait = self._backoff_wait()
+            await self._sleep_or_stop(wait, stop)
+        self._to(S.STOPPED, "shutdown")
+
+    async def _sleep_or_stop(self, seconds: float, stop: asyncio.Event) -> None:
+        sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sleeper, stopper):
+                task.cancel()
+            await asyncio.gather(sleeper, stopper, return_exceptions=True)
+
+    async def close(self) -> None:
+        if self.lifecycle.state is not S.STOPPED:
+            self._to(S.STOPPED, "closed")
+        await self.transport.close()
+
+
+def _retry_floor(exc: BaseException) -> float:
+    """The server's Retry-After (429/503), the lower bound of the next wait."""
+    if isinstance(exc, ServerError) and exc.retry_after is not None:
+        return exc.retry_after
+    return 0.0
+
+
+def wall_time_text(ts: float) -> str:
+    return _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(ts))
