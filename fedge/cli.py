@@ -21,6 +21,7 @@ from fedge.errors import FedgeError
 COMMAND_MODULES: tuple[str, ...] = (
     "fedge.bench",
     "model_export.cli",
+    "aggregation_service.cli",
 )
 
 
