@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "fedge.bench",
     "model_export.cli",
     "aggregation_service.cli",
+    "edge_client.cli",
 )
 
 

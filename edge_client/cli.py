@@ -1,0 +1,271 @@
+"""``fedge agent``: init (enroll), run, status, install-service.
+
+Heavy modules (the agent, aiohttp, NumPy, the TFLite runtime) are imported
+inside the command functions: building the ``fedge`` parser stays cheap on a
+device, hence the file-wide PLC0415 exemption.
+"""
+# ruff: noqa: PLC0415
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from edge_client.errors import ConfigError
+
+ENV_CONFIG = "FEDGE_AGENT_CONFIG"
+DEFAULT_STATE_DIR = "~/.local/state/fedge-agent"
+DEFAULT_CONFIG = "~/.config/fedge/agent.yaml"
+
+# syslog priorities, which journald reads from a "<N>" line prefix.
+_PRIORITY = {
+    logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2,
+}
+
+
+class JournalFormatter(logging.Formatter):
+    """``<6>edge_client.agent: message``: journald adds the timestamp and unit."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = _PRIORITY.get(record.levelno, 6)
+        text = f"<{priority}>{record.name}: {record.getMessage()}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+def setup_logging(verbose: bool) -> None:
+    root = logging.getLogger()
+    if verbose:
+        root.setLevel(logging.DEBUG)
+    if os.environ.get("JOURNAL_STREAM"):
+        for handler in root.handlers:
+            handler.setFormatter(JournalFormatter())
+
+
+def config_path(args: argparse.Namespace) -> Path:
+    value = args.config or os.environ.get(ENV_CONFIG) or DEFAULT_CONFIG
+    return Path(value).expanduser()
+
+
+def register(subparsers: Any) -> None:
+    agent = subparsers.add_parser(
+        "agent", help="the device agent: enroll, run, status, install as a service",
+        description="Run fedge's on-device training agent (docs/agent.md).",
+    )
+    commands = agent.add_subparsers(dest="agent_command", metavar="AGENT_COMMAND")
+    agent.set_defaults(func=lambda args: (agent.print_help(sys.stderr), 2)[1])
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", help=f"agent config YAML (default ${ENV_CONFIG} or "
+                       f"{DEFAULT_CONFIG})")
+        p.add_argument("--verbose", action="store_true", help="log debug messages")
+
+    init = commands.add_parser("init", help="enroll this device and write its config")
+    common(init)
+    init.add_argument("--server", required=True, help="service URL, e.g. http://10.0.0.2:8080")
+    init.add_argument("--enroll-token", required=True, help="enrollment token from the operator")
+    init.add_argument("--model", required=True, help="model name to train")
+    init.add_argument("--data", help="a .npz directory or file, a .csv, or module:function "
+                      "(default: <state-dir>/data, a .npz directory)")
+    init.add_argument("--label-column", help="label column for CSV data")
+    init.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="state directory")
+    init.add_argument("--profile", default=None, help="device profile name (default: hostname)")
+    init.add_argument("--runtime-python", help="interpreter for the training worker")
+    init.add_argument("--force", action="store_true", help="re-enroll over an existing identity")
+    init.set_defaults(func=cmd_init)
+
+    run = commands.add_parser("run", help="run the agent (until stopped, or one cycle)")
+    common(run)
+    run.add_argument("--once", action="store_true",
+                     help="one full cycle, print its result as JSON, exit 0 if uploaded")
+    run.set_defaults(func=cmd_run)
+
+    status = commands.add_parser("status", help="state, eligibility and reasons, last results")
+    common(status)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=cmd_status)
+
+    install = commands.add_parser("install-service", help="write a systemd unit")
+    common(install)
+    install.add_argument("--user", action="store_true", help="a user unit (no root needed)")
+    install.add_argument("--output", help="write the unit here instead of the systemd directory")
+    install.set_defaults(func=cmd_install_service)
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from edge_client.config import AgentConfig
+
+    setup_logging(getattr(args, "verbose", False))
+    return AgentConfig.load(config_path(args))
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from edge_client.config import AgentConfig, DataConfig, RuntimeConfig
+    from edge_client.protocol import ProtocolClient
+    from edge_client.storage import AtomicWriter, Identity, StateDir
+    from edge_client.transport import HttpTransport
+
+    setup_logging(args.verbose)
+    path = config_path(args)
+    state_dir = Path(args.state_dir).expanduser().resolve()
+    state = StateDir(state_dir)
+    if state.identity_path.exists() and not args.force:
+        raise ConfigError(f"{state.identity_path} exists: this device is enrolled (use --force)")
+    if args.data:
+        data = DataConfig.from_cli(args.data, args.label_column)
+    else:
+        (state_dir / "data").mkdir(parents=True, exist_ok=True)
+        data = DataConfig(kind="npz", path=str(state_dir / "data"))
+    profile: dict[str, Any] = {"name": args.profile or socket.gethostname()}
+    try:
+        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        profile["memory_mb"] = int(pages // (1 << 20))
+    except (ValueError, OSError):
+        pass
+    config = AgentConfig.from_dict({
+        "server": args.server, "model": args.model, "state_dir": str(state_dir),
+        "data": data.to_dict() | {"python_path": list(data.python_path)},
+        "profile": profile,
+    })
+    if args.runtime_python:
+        config = AgentConfig(**{**config.__dict__, "runtime": RuntimeConfig(
+            python=args.runtime_python)})
+
+    async def enroll() -> tuple[str, str]:
+        transport = HttpTransport(config.server, timeout_s=config.request_timeout_s)
+        try:
+            return await ProtocolClient(transport).enroll(args.enroll_token, profile)
+        finally:
+            await transport.close()
+
+    from fedge.transport import TransportError
+
+    try:
+        device_id, token = asyncio.run(enroll())
+    except TransportError as exc:
+        raise ConfigError(f"--server: cannot reach {config.server} ({exc})") from exc
+    state.prepare()
+    state.save_identity(Identity(device_id, token, config.server, time.time()))
+    AtomicWriter().write_bytes(path, config.to_yaml().encode())
+    print(f"enrolled as {device_id}")
+    print(f"config: {path}")
+    print(f"state:  {state_dir}")
+    return 0
+
+
+def build_agent(config: Any) -> Any:
+    from edge_client.agent import Agent
+    from edge_client.eligibility import build_provider
+    from edge_client.trainer import InProcessTrainer, ProcessTrainer, Trainer
+    from edge_client.transport import HttpTransport
+    from fedge.clock import SystemClock
+
+    clock = SystemClock()
+    trainer: Trainer
+    if config.runtime.isolation == "inprocess":
+        trainer = InProcessTrainer(config.runtime.name)
+    else:
+        trainer = ProcessTrainer(
+            config.runtime.python, config.runtime.name, config.runtime.num_threads
+        )
+    return Agent(
+        config,
+        clock=clock,
+        transport=HttpTransport(config.server, timeout_s=config.request_timeout_s),
+        provider=build_provider(config.eligibility, clock),
+        trainer=trainer,
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _load(args)
+
+    async def main() -> int:
+        from edge_client.agent import UPLOADED
+
+        agent = build_agent(config)
+        try:
+            if args.once:
+                result = await agent.run_cycle()
+                print(json.dumps(result.to_dict(), sort_keys=True))
+                return 0 if result.outcome == UPLOADED else 1
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            await agent.run_forever(stop)
+            return 0
+        finally:
+            await agent.close()
+
+    return asyncio.run(main())
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from edge_client.eligibility import Policy, build_provider
+    from edge_client.storage import StateDir
+    from fedge.clock import SystemClock
+
+    config = _load(args)
+    state = StateDir(config.state_dir)
+    saved = state.load_status() or {}
+    identity = state.load_identity()
+    clock = SystemClock()
+    device = asyncio.run(build_provider(config.eligibility, clock).read())
+    now = Policy(config.policy, clock).evaluate(device)
+    report = {
+        "device_id": identity.device_id if identity else None,
+        "server": config.server,
+        "model": config.model,
+        "state": saved.get("state", "never run"),
+        "runtime": saved.get("runtime"),
+        "cached_version": saved.get("cached_version"),
+        "queue_length": state.queue_length(),
+        "eligible_now": now.eligible,
+        "reasons_now": list(now.reasons),
+        "device_state": now.state.to_dict(),
+        "pending_reasons": saved.get("pending_reasons", []),
+        "last_results": saved.get("last_results", [])[-5:],
+    }
+    if args.json:
+        print(json.dumps(report, indent=1, sort_keys=True))
+        return 0
+    print(f"device:      {report['device_id'] or 'not enrolled'} → {config.server}")
+    print(f"model:       {config.model} (cached version {report['cached_version']})")
+    print(f"state:       {report['state']}   runtime: {report['runtime']}")
+    why = ", ".join(now.reasons) or "all conditions met"
+    print(f"eligible:    {'yes' if now.eligible else 'no'} ({why})")
+    print(f"queue:       {report['queue_length']} upload(s) waiting")
+    for result in report["last_results"]:
+        detail = result.get("detail") or ", ".join(result.get("reasons", []))
+        print(f"  {result.get('outcome'):<16} v{result.get('version', '-')} "
+              f"examples={result.get('examples', 0)} {detail}")
+    return 0
+
+
+def cmd_install_service(args: argparse.Namespace) -> int:
+    from edge_client.service_unit import default_unit_path, unit_text
+
+    config = config_path(args)
+    _load(args)  # refuse to install a service for a config that does not load
+    target = Path(args.output).expanduser() if args.output else default_unit_path(args.user)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(unit_text(config.resolve(), user=args.user), encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot write {target}: {exc.strerror} (try --user)") from exc
+    scope = "--user " if args.user else ""
+    print(f"wrote {target}")
+    print(f"enable it with: systemctl {scope}daemon-reload && "
+          f"systemctl {scope}enable --now {target.name}")
+    return 0
