@@ -92,8 +92,13 @@ class Env:
         return out
 
     async def checkin(self, device: Device, model: str = "m", **extra: Any) -> dict[str, Any]:
-        body = {"model": model, "eligible": True, "reasons": [], "runtime": "ai-edge-litert 2.3.0",
-                "profile": {"name": "t", "memory_mb": 4096}} | extra
+        body = {
+            "model": model,
+            "eligible": True,
+            "reasons": [],
+            "runtime": "ai-edge-litert 2.3.0",
+            "profile": {"name": "t", "memory_mb": 4096},
+        } | extra
         r = await self.client.post("/v1/devices/checkin", json=body, headers=device.auth)
         assert r.status == 200, await r.text()
         result: dict[str, Any] = await r.json()
@@ -108,8 +113,14 @@ class Env:
         raise AssertionError("pace steering never admitted the device")
 
     async def upload(
-        self, device: Device, plan: dict[str, Any], body: bytes, *, examples: int = 10,
-        key: str | None = None, headers: dict[str, str] | None = None,
+        self,
+        device: Device,
+        plan: dict[str, Any],
+        body: bytes,
+        *,
+        examples: int = 10,
+        key: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> tuple[int, dict[str, Any]]:
         h = {
             **device.auth,
