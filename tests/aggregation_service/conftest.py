@@ -75,7 +75,9 @@ class Env:
     service: AggregationService
     data_dir: Path
 
-    op = {"Authorization": f"Bearer {OPERATOR}"}
+    @property
+    def op(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {OPERATOR}"}
 
     async def enroll(self, n: int = 1) -> list[Device]:
         r = await self.client.post("/v1/enrollment-tokens", json={"uses": n}, headers=self.op)

@@ -71,9 +71,8 @@ def start_server(
     deadline = time.monotonic() + timeout
     while not port_file.exists():
         if proc.poll() is not None:
-            raise RuntimeError(
-                f"server exited with {proc.returncode}: {(workdir / 'server.log').read_text()[-3000:]}"
-            )
+            tail = (workdir / "server.log").read_text()[-3000:]
+            raise RuntimeError(f"server exited with {proc.returncode}: {tail}")
         if time.monotonic() > deadline:
             proc.kill()
             raise RuntimeError("server did not report its port")

@@ -97,7 +97,7 @@ async def upload(session: aiohttp.ClientSession, url: str, s: Sent) -> None:
         s.status = None
 
 
-async def device_loop(
+async def device_loop(  # noqa: PLR0917
     session: aiohttp.ClientSession,
     url: str,
     token: str,
@@ -133,7 +133,7 @@ async def device_loop(
             return
 
 
-async def drive(
+async def drive(  # noqa: PLR0917
     url: str,
     tokens: list[str],
     ledger: Ledger,
@@ -244,7 +244,8 @@ async def test_sigkill_mid_ingest_loses_nothing_and_counts_once(tmp_path: Path) 
     # Counted once: the versions' update counts + the open buffer = acked updates.
     db = sqlite3.connect(data / "fedge.sqlite3")
     rows = db.execute(
-        "SELECT version, weights_sha256, num_updates FROM versions WHERE model='m' AND kind='aggregated' ORDER BY version"
+        "SELECT version, weights_sha256, num_updates FROM versions "
+        "WHERE model='m' AND kind='aggregated' ORDER BY version"
     ).fetchall()
     published_keys = db.execute("SELECT COUNT(*) FROM published_updates").fetchone()[0]
     db.close()
