@@ -65,6 +65,7 @@ import math
 import os
 import secrets
 import struct
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -666,7 +667,10 @@ class SecAggResult:
     total: np.ndarray  # float64 sum of the survivors' updates
     survivors: tuple[str, ...]
     dropped: tuple[str, ...]  # shared keys, then sent no (valid) input
-    liars: tuple[str, ...]  # devices whose shares disagreed with the rest
+    # (owner, holder): the share ``holder`` returned for ``owner``'s secret
+    # is off the polynomial the other shares and the commitment agree on —
+    # either the holder or the owner lied. The sum is still exact.
+    inconsistent: tuple[tuple[str, str], ...]
 
 
 @dataclass
@@ -875,7 +879,11 @@ class SecAggServer:
             self._sk_shares.setdefault(v, {})[msg.device] = share
 
     def _rebuild(
-        self, owner: str, shares: Mapping[str, shamir.Share], verify: Any, liars: set[str]
+        self,
+        owner: str,
+        shares: Mapping[str, shamir.Share],
+        verify: Any,
+        inconsistent: set[tuple[str, str]],
     ) -> bytes:
         t = self.config.threshold
         if len(shares) < t:
@@ -895,8 +903,8 @@ class SecAggServer:
             except SecAggError:
                 continue
             if verify(secret):
-                liars.update(
-                    h for h, s in zip(holders, ordered, strict=True)
+                inconsistent.update(
+                    (owner, h) for h, s in zip(holders, ordered, strict=True)
                     if shamir.interpolate(subset, s.x) != s.y
                 )
                 return secret
@@ -915,14 +923,14 @@ class SecAggServer:
             vec = self._devices[u].vector
             assert vec is not None
             total += vec
-        liars: set[str] = set()
+        inconsistent: set[tuple[str, str]] = set()
         for u in sorted(self._u3):
             commitment = self._devices[u].commitment
 
             def check_b(secret: bytes, u: str = u, c: bytes | None = commitment) -> bool:
                 return _commit(secret, self.round_id, u) == c
 
-            b = self._rebuild(u, self._b_shares.get(u, {}), check_b, liars)
+            b = self._rebuild(u, self._b_shares.get(u, {}), check_b, inconsistent)
             total -= prg(_self_seed(b, self.round_id), self.vector_length, bits)
         for v in sorted(self._u2 - self._u3):
             s_pk = self._devices[v].advert.s_pk
@@ -931,7 +939,7 @@ class SecAggServer:
                 return _public_bytes(X25519PrivateKey.from_private_bytes(secret)) == pk
 
             sk = X25519PrivateKey.from_private_bytes(
-                self._rebuild(v, self._sk_shares.get(v, {}), check_sk, liars)
+                self._rebuild(v, self._sk_shares.get(v, {}), check_sk, inconsistent)
             )
             for u in self._graph[v]:
                 if u not in self._u3:
@@ -948,7 +956,7 @@ class SecAggServer:
             total=fp.decode_sum(total, len(self._u3)),
             survivors=tuple(sorted(self._u3)),
             dropped=tuple(sorted(self._u2 - self._u3)),
-            liars=tuple(sorted(liars)),
+            inconsistent=tuple(sorted(inconsistent)),
         )
 
 
@@ -1018,8 +1026,6 @@ def run_local_round(
     it would be on the wire. ``clients`` lets a test substitute a lying
     client for some devices. Raises :class:`SecAggAbandoned` like the real
     round; the server is returned for inspection."""
-    import time
-
     drops = dropouts or Dropouts()
     length = len(next(iter(inputs.values())))
     server = SecAggServer(config, length, round_id)

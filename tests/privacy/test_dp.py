@@ -118,7 +118,9 @@ def test_adaptive_splits_the_budget_as_andrew_et_al() -> None:
 
 def test_clip_bounds_the_global_norm_and_reports_it() -> None:
     rng = np.random.default_rng(0)
-    update = {"w": rng.normal(size=(30, 7)).astype(np.float32), "b": rng.normal(size=7)}
+    update: dict[str, np.ndarray] = {
+        "w": rng.normal(size=(30, 7)).astype(np.float32), "b": rng.normal(size=7)
+    }
     norm = global_norm(update)
     result = clip_update(update, norm / 3)
     assert result.clipped
