@@ -906,7 +906,10 @@ class AggregationService:
                         f"no assignment {req.assignment_id!r} for this device and model",
                     )
                 )
-            if row.state == "reported":
+            # Open assignments leave memory only when an update is accepted for
+            # them or their deadline + grace passes (the store's state lags behind).
+            expired = row.deadline_at + cfg.deadline_grace_s < self.clock.time()
+            if row.state == "reported" or not expired:
                 raise self._reject(
                     conflict(
                         "assignment_used",
