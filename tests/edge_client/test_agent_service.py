@@ -1,0 +1,63 @@
+"""The agent against the REAL aggregation service on loopback."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edge_client.agent import UPLOADED
+from edge_client.lifecycle import AgentState
+from edge_client.testing import RecordingTransport
+from edge_client.trainer import ProcessTrainer
+from tests.edge_client.conftest import AgentFactory, LiveService
+
+
+async def test_one_cycle_in_a_child_process_is_accepted_by_the_service(
+    make_agent: AgentFactory, service: LiveService
+) -> None:
+    agent = await make_agent(trainer=ProcessTrainer())
+    result = await agent.run_cycle()
+    await agent.close()
+    assert result.outcome == UPLOADED, result
+    assert result.examples == 256 and result.batches == 8
+    assert result.update_id and result.upload_bytes
+    assert np.isfinite(result.mean_loss or np.nan)
+    assert agent.runtime.startswith("ai-edge-litert")
+    assert await service.accepted() == 1
+    assert agent.state.queue_length() == 0
+    states = [new for _, new, _ in agent.lifecycle.history]
+    assert states[:7] == [
+        AgentState.WAITING_FOR_ELIGIBILITY, AgentState.CHECKING_IN, AgentState.DOWNLOADING,
+        AgentState.TRAINING, AgentState.ENCODING, AgentState.UPLOADING,
+        AgentState.WAITING_FOR_ELIGIBILITY,
+    ]
+    status = agent.state.load_status()
+    assert status is not None and status["last_results"][-1]["outcome"] == UPLOADED
+
+
+async def test_raw_data_never_leaves_the_device(
+    make_agent: AgentFactory, service: LiveService, digits_dir: object
+) -> None:
+    from pathlib import Path
+
+    # A sentinel value in the local data: as float32 bytes, float64 bytes and text.
+    sentinel = np.float32(1234.5678)
+    data_dir = Path(str(digits_dir))
+    with np.load(data_dir / "part0.npz") as npz:
+        x, y = npz["x"].copy(), npz["y"].copy()
+    x[:, 5] = sentinel
+    np.savez(data_dir / "part0.npz", x=x, y=y)
+    recorder: list[RecordingTransport] = []
+
+    def record(inner: object) -> RecordingTransport:
+        recorder.append(RecordingTransport(inner))  # type: ignore[arg-type]
+        return recorder[0]
+
+    agent = await make_agent(transport=record)
+    result = await agent.run_cycle()
+    await agent.close()
+    assert result.outcome == UPLOADED
+    sent = recorder[0].outbound_bytes()
+    assert any(r.path == "/v1/devices/updates" for r in recorder[0].sent)
+    for needle in (sentinel.tobytes(), np.float64(sentinel).tobytes(), b"1234.5678",
+                   x[0].tobytes()):
+        assert needle not in sent
