@@ -482,34 +482,33 @@ def _spec_dict(codec_spec: Any) -> Mapping[str, Any]:
     )
 
 
-def check_codec_compatible(dp: DPConfig, codec_spec: Any, *, tolerance: float = 1e-6) -> list[str]:
+def check_codec_compatible(dp: DPConfig, codec_spec: Any, *, tolerance: float = 1e-6) -> None:
     """Refuse a device codec that would not bound what a device sends.
 
     ``codec_spec`` is a ``quantization.CodecSpec`` or its dict. In central
-    mode the sensitivity of the noised sum is the clip norm, so the codec's
-    clip stage must exist, must come before sparsification and quantization
-    (clipping a sparsified vector bounds the sent part only, and error
-    feedback would carry the rest into later rounds unbounded), must clip at
-    most at ``dp.clip_norm``, and must not rescale kept values upward
-    (unbiased random-k). Raises :class:`PrivacyConfigError` saying why.
+    mode the sensitivity of the noised sum is the clip norm, so the codec must
+    clip, at most at ``dp.clip_norm``, and the clip must bound the vector that
+    is actually sent. ``quantization`` clips first and shrinks the sent
+    (sparsified, quantized) vector back under ``clip_norm`` after adding the
+    error-feedback residual, so its sent norm is always ≤ ``clip_norm``; a
+    spec that declares an explicit stage order (``stages``, for other agent
+    implementations) must put ``clip`` before sparsification and
+    quantization, and unbiased random-k must not rescale kept values upward.
+    Raises :class:`PrivacyConfigError` saying why.
 
-    Returns warnings for settings that do not break the guarantee but will
-    cost updates: stochastic quantization can push a clipped update's norm a
-    little above the bound, and the service rejects those (it decodes with
-    ``max_norm = clip_norm``, which is what actually enforces the
-    sensitivity), so leave headroom.
+    This check keeps honest devices inside the bound. What *enforces* the
+    sensitivity against a modified device is the service decoding every
+    update with ``max_norm = clip_norm`` (rejecting larger ones) before it
+    enters the sum.
 
     In local mode the device adds noise before encoding, so any codec is
     post-processing and is accepted.
     """
     spec = _spec_dict(codec_spec)
-    warnings: list[str] = []
-    if dp.mode is DPMode.LOCAL:
-        return warnings
+    if dp.mode is DPMode.LOCAL or dp.clip_norm is None:
+        return
     clip = spec.get("clip_norm")
     if clip is None:
-        if dp.clip_norm is None:
-            return warnings  # no DP clipping asked for, nothing to bound
         raise PrivacyConfigError(
             "codec.clip_norm: not set, but DP needs every update clipped on the device to "
             f"dp.clip_norm = {dp.clip_norm:g} before compression; without it a device's "
@@ -518,7 +517,7 @@ def check_codec_compatible(dp: DPConfig, codec_spec: Any, *, tolerance: float = 
         )
     if isinstance(clip, bool) or not isinstance(clip, int | float) or not clip > 0:
         raise PrivacyConfigError(f"codec.clip_norm: {clip!r} must be a number > 0")
-    if dp.clip_norm is not None and clip > dp.clip_norm * (1 + tolerance):
+    if clip > dp.clip_norm * (1 + tolerance):
         raise PrivacyConfigError(
             f"codec.clip_norm: {clip:g} is above dp.clip_norm = {dp.clip_norm:g}; the noise "
             "is calibrated to dp.clip_norm, so devices must clip at most that much"
@@ -545,12 +544,3 @@ def check_codec_compatible(dp: DPConfig, codec_spec: Any, *, tolerance: float = 
             "codec.rescale: unbiased random-k scales the kept values by 1/density, which "
             "raises the sent norm above clip_norm; turn rescale off under DP"
         )
-    bits = spec.get("bits")
-    values = spec.get("values")
-    if isinstance(bits, int) and not isinstance(bits, bool) and (values in (None, "stochastic")):
-        warnings.append(
-            f"codec.bits = {bits}: stochastic rounding can raise a clipped update's norm above "
-            "clip_norm; the service rejects such updates (decode with max_norm), so set "
-            "codec.clip_norm a little below dp.clip_norm to leave headroom"
-        )
-    return warnings
