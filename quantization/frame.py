@@ -30,7 +30,9 @@ import zstandard
 
 from quantization import floats, indexcoding, stochastic
 from quantization.errors import CodecError
-from quantization.spec import CodecSpec
+from quantization.spec import MAX_CHUNK_SIZE, CodecSpec
+
+Shapes = Mapping[str, tuple[int, ...]]
 
 MAGIC = b"FDGQ"
 VERSION = 1
@@ -119,7 +121,7 @@ def build(
 ) -> bytes:
     raw = b"".join(sections)
     body = zstandard.ZstdCompressor(level=level, write_content_size=True).compress(raw)
-    spec_json = json.dumps(spec.to_dict(), sort_keys=True, separators=(",", ":")).encode()
+    spec_json = json.dumps(spec.to_dict(compact=True), separators=(",", ":")).encode()
     head = HEADER.pack(MAGIC, VERSION, kind, 0, len(spec_json), len(entries), len(raw), len(body))
     frame = head + spec_json + b"".join(e.pack() for e in entries) + body
     return frame + CRC.pack(zlib.crc32(frame))
@@ -160,12 +162,19 @@ def _expected_index_len(e: Entry) -> tuple[int, int]:
 
 def _expected_value_len(e: Entry) -> int:
     if e.value_coding in (FLOAT32, FLOAT16, XOR32):
+        if e.bits or e.scale_dtype or e.chunk_size:
+            raise CodecError(
+                f"tensor {e.name!r}: bits, scale dtype and chunk size must be 0 for "
+                f"{VALUE_NAMES[e.value_coding]} values"
+            )
         return e.nnz * floats.itemsize(e.value_coding)
     if e.value_coding == STOCHASTIC:
         if not 1 <= e.bits <= 8:
             raise CodecError(f"tensor {e.name!r}: {e.bits} bits is outside 1 to 8")
-        if e.chunk_size < 1:
-            raise CodecError(f"tensor {e.name!r}: chunk size must be at least 1")
+        if not 1 <= e.chunk_size <= MAX_CHUNK_SIZE:
+            raise CodecError(
+                f"tensor {e.name!r}: chunk size {e.chunk_size} is outside 1 to {MAX_CHUNK_SIZE}"
+            )
         if e.scale_dtype not in (stochastic.SCALE_FLOAT16, stochastic.SCALE_FLOAT32):
             raise CodecError(f"tensor {e.name!r}: unknown scale dtype {e.scale_dtype}")
         return stochastic.section_size(e.nnz, e.bits, e.chunk_size, e.scale_dtype)
@@ -190,28 +199,18 @@ def _check_entry(e: Entry) -> None:
         )
 
 
-def check_expected(
-    entries: tuple[Entry, ...] | list[Entry], expected: Mapping[str, tuple[int, ...]]
-) -> None:
-    """Names and shapes in the frame must be exactly those expected."""
-    got = {e.name: e.shape for e in entries}
-    want = {name: tuple(int(d) for d in shape) for name, shape in expected.items()}
-    missing = [n for n in want if n not in got]
-    extra = [n for n in got if n not in want]
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"missing {missing}")
-        if extra:
-            parts.append(f"unexpected {extra}")
-        raise CodecError("frame tensors do not match the model: " + ", ".join(parts))
-    for name, shape in want.items():
-        if got[name] != shape:
-            raise CodecError(f"tensor {name!r} has shape {got[name]}, expected {shape}")
+def _check_expected_tensor(name: str, shape: tuple[int, ...], expected: Shapes) -> None:
+    if name not in expected:
+        raise CodecError(
+            f"frame has unexpected tensor {name!r}; the model has {sorted(expected)}"
+        )
+    want = tuple(int(d) for d in expected[name])
+    if shape != want:
+        raise CodecError(f"tensor {name!r} has shape {shape}, expected {want}")
 
 
 def decoded_limit(
-    expected: Mapping[str, tuple[int, ...]] | None, max_decoded_bytes: int | None
+    expected: Shapes | None, max_decoded_bytes: int | None
 ) -> int:
     """Bytes of float32 output a frame may describe."""
     limits = []
@@ -227,7 +226,7 @@ def decoded_limit(
 def parse(
     payload: bytes | bytearray | memoryview,
     *,
-    expected: Mapping[str, tuple[int, ...]] | None = None,
+    expected: Shapes | None = None,
     max_decoded_bytes: int | None = None,
 ) -> Frame:
     """Check and decompress a frame; raises CodecError for anything malformed."""
@@ -280,7 +279,9 @@ def parse(
         (ndim,) = reader.unpack("<B", f"tensor {name!r} rank")
         if ndim > MAX_NDIM:
             raise CodecError(f"tensor {name!r}: rank {ndim} is above the maximum {MAX_NDIM}")
-        shape = reader.unpack(f"<{ndim}Q", f"tensor {name!r} shape")
+        shape = tuple(reader.unpack(f"<{ndim}Q", f"tensor {name!r} shape"))
+        if expected is not None:
+            _check_expected_tensor(name, shape, expected)
         size = math.prod(shape)
         total_values += size
         if 4 * total_values > limit:
@@ -298,7 +299,9 @@ def parse(
         _check_entry(entry)
         entries.append(entry)
     if expected is not None:
-        check_expected(entries, expected)
+        missing = [n for n in expected if n not in names]
+        if missing:
+            raise CodecError(f"frame lacks tensor(s) {missing} that the model has")
     if sum(e.index_len + e.value_len for e in entries) != raw_len:
         raise CodecError(
             f"frame body is {raw_len} bytes but its tensor sections add up to "
@@ -315,6 +318,8 @@ def parse(
 def _decompress(compressed: memoryview, raw_len: int) -> bytes:
     try:
         params = zstandard.get_frame_parameters(compressed)
+        if params.content_size == zstandard.CONTENTSIZE_UNKNOWN:
+            raise CodecError("compressed body does not declare its size; it cannot be bounded")
         if params.content_size != raw_len:
             raise CodecError(
                 f"compressed body declares {params.content_size} bytes, the header {raw_len}"

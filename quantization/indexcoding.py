@@ -144,22 +144,32 @@ def rice_parameter(values: U64) -> int:
 
 
 def _pack_fixed(values: U64, width: int) -> bytes:
+    """``width``-bit values into an LSB-first bit stream (encoder side, trusted sizes)."""
     if width == 0 or values.size == 0:
         return b""
     shifts = np.arange(width, dtype=np.uint64)
     bits = ((values[:, None] >> shifts) & np.uint64(1)).astype(np.uint8)
-    return np.packbits(bits.reshape(-1), bitorder="little").tobytes()
+    return bytes(np.packbits(bits.reshape(-1), bitorder="little").tobytes())
 
 
 def _unpack_fixed(data: bytes | memoryview, width: int, count: int) -> U64:
+    """Inverse of :func:`_pack_fixed` in O(count) memory: each value is read
+    from the 8 bytes starting at its first byte (width ≤ 57 always fits)."""
     if width == 0 or count == 0:
         return np.zeros(count, dtype=np.uint64)
-    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little")
-    if np.any(bits[count * width :]):
+    raw = np.frombuffer(data, dtype=np.uint8)
+    used = count * width
+    if raw.size * 8 - used >= 8 or (used % 8 and int(raw[-1]) >> (used % 8)):
         raise CodecError("rice section has non-zero padding bits")
-    matrix = bits[: count * width].reshape(count, width).astype(np.uint64)
-    weights = np.uint64(1) << np.arange(width, dtype=np.uint64)
-    out: U64 = (matrix * weights).sum(axis=1, dtype=np.uint64)
+    padded = np.zeros(raw.size + 8, dtype=np.uint8)
+    padded[: raw.size] = raw
+    offsets = np.arange(count, dtype=np.uint64) * np.uint64(width)
+    first = (offsets >> np.uint64(3)).astype(np.int64)
+    words = np.zeros(count, dtype=np.uint64)
+    for j in range(8):
+        words |= padded[first + j].astype(np.uint64) << np.uint64(8 * j)
+    words >>= offsets & np.uint64(7)
+    out: U64 = words & np.uint64((1 << width) - 1)
     return out
 
 

@@ -141,9 +141,21 @@ class CodecSpec:
             )
         return cls(**{str(k): v for k, v in data.items()})
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain YAML/JSON types; ``from_dict(spec.to_dict()) == spec``."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+    def to_dict(self, *, compact: bool = False) -> dict[str, Any]:
+        """Plain YAML/JSON types; ``from_dict(spec.to_dict()) == spec``.
+
+        ``compact`` leaves out fields at their default (``values`` when it
+        follows from ``bits``): what frames carry, to keep small updates small.
+        """
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        if not compact:
+            return out
+        implied = CodecSpec(bits=self.bits).values
+        return {
+            f.name: out[f.name]
+            for f in fields(self)
+            if out[f.name] != (implied if f.name == "values" else f.default)
+        }
 
 
 def _number(key: str, value: Any) -> None:

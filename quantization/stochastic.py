@@ -49,7 +49,9 @@ def num_chunks(count: int, chunk_size: int) -> int:
 
 
 def _per_value(scales: F32, count: int, chunk_size: int) -> F32:
-    return np.repeat(scales, chunk_size)[:count]
+    # Index rather than np.repeat: repeat would allocate a whole last chunk.
+    per_value: F32 = scales[np.arange(count, dtype=np.int64) // chunk_size]
+    return per_value
 
 
 def _chunk_max(values: F32, chunk_size: int) -> F32:
