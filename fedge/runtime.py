@@ -79,7 +79,12 @@ def _interpreter_class(preferred: str | None) -> tuple[Any, RuntimeInfo]:
         except ImportError as exc:
             errors.append(f"{name}: {exc}")
             continue
-        return mod.Interpreter, RuntimeInfo(name, _version(dist))
+        interpreter = getattr(mod, "Interpreter", None)
+        if interpreter is None:
+            # `tensorflow.lite` the module is not `tf.lite` the API namespace:
+            # the Interpreter is exported only through the latter.
+            interpreter = importlib.import_module(module.split(".")[0]).lite.Interpreter
+        return interpreter, RuntimeInfo(name, _version(dist))
     raise RuntimeUnavailable(
         "no TFLite runtime is installed (pip install ai-edge-litert, or tflite-runtime "
         "on Python ≤ 3.11 with numpy<2): " + "; ".join(errors)

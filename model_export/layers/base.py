@@ -1,0 +1,74 @@
+"""The layer interface: a forward pass that keeps what its backward pass needs.
+
+Every layer's backward pass is written by hand with TFLite builtin ops, so the
+exported ``train`` signature contains no TensorFlow gradient op at all (no
+``ReluGrad``, ``Conv2DBackpropFilter``, ``BroadcastGradientArgs`` …) and
+converts with ``TFLITE_BUILTINS`` only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+Tensor = Any  # tf.Tensor; TensorFlow ships no type information
+Cache = tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Param:
+    """One weight of a layer, with its initial value (copied from Keras)."""
+
+    name: str
+    value: np.ndarray
+    trainable: bool
+
+
+@dataclass(frozen=True)
+class Context:
+    """Per-call information: training mode, and the step counter dropout hashes."""
+
+    training: bool
+    step: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Grads:
+    """A backward pass's result: one entry per input and per parameter (None = not needed)."""
+
+    inputs: tuple[Tensor | None, ...]
+    params: tuple[Tensor | None, ...]
+
+
+class Layer(Protocol):
+    """A layer of an exported graph.
+
+    ``forward`` returns the output and a cache; ``backward`` receives the
+    output gradient ``dy`` and returns the input and parameter gradients.
+    ``need_dx`` is False when nothing upstream trains, so the layer may skip
+    computing its input gradient (the first conv's is the most expensive).
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    def params(self) -> tuple[Param, ...]: ...
+
+    def forward(
+        self, params: Sequence[Tensor], inputs: Sequence[Tensor], ctx: Context
+    ) -> tuple[Tensor, Cache]: ...
+
+    def backward(
+        self, params: Sequence[Tensor], cache: Cache, dy: Tensor, need_dx: bool
+    ) -> Grads: ...
+
+
+def static_shape(x: Tensor) -> tuple[int, ...]:
+    """The shape without its batch dimension; every other dimension is static."""
+    dims = tuple(x.shape)[1:]
+    if any(d is None for d in dims):
+        raise ValueError(f"a non-batch dimension is dynamic: {x.shape}")
+    return tuple(int(d) for d in dims)
