@@ -311,8 +311,10 @@ async def put_eval_data(request: web.Request) -> web.Response:
 async def create_enrollment_token(request: web.Request) -> web.Response:
     await require_operator(request)
     data = await read_json(request)
-    uses = _field(data, "uses", int, required=False) or 1
-    ttl = _field(data, "ttl_s", (int, float), required=False) or 86400.0
+    uses = _field(data, "uses", int, required=False)
+    uses = 1 if uses is None else uses
+    ttl = _field(data, "ttl_s", (int, float), required=False)
+    ttl = 86400.0 if ttl is None else ttl
     if uses < 1 or uses > 1_000_000 or not 0 < ttl <= 365 * 86400:
         raise ApiError(422, "bad_field", "uses must be 1–1000000 and ttl_s in (0, 1 year]")
     return web.json_response(

@@ -264,6 +264,10 @@ class AggregationService:
         self.started = True
 
     async def stop(self) -> None:
+        # Publish complete buffers first (bounded): a graceful stop leaves only
+        # the open buffer to replay. A kill is handled by recovery anyway.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._drain_publications(), timeout=30.0)
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -564,7 +568,11 @@ class AggregationService:
             "live_version": row.live_version,
             "training_version": rt.training.version,
             "mode": rt.config.mode.value,
-            "buffer": {"count": rt.buffer.count, "size": rt.config.buffer_size},
+            "buffer": {
+                "count": rt.buffer.count,
+                "size": rt.config.buffer_size,
+                "sealed": sum(b.count for b in rt.sealed),  # complete, being published
+            },
             "outstanding_assignments": len(rt.open_assignments),
             "rounds_abandoned": row.rounds_abandoned,
             "num_updates": updates,
@@ -1182,13 +1190,13 @@ class AggregationService:
         self._spawn(self._io_run(self.log.prune, low))
         self._spawn(self._evaluate(rt.name, version))
 
+    async def _drain_publications(self) -> None:
+        while any(rt.sealed and not rt.paused for rt in self.models.values()):
+            await asyncio.sleep(0.005)
+
     async def wait_idle(self) -> None:
         """TEST SEAM: wait until every sealed buffer has been published."""
-        for _ in range(10_000):
-            if all(not rt.sealed for rt in self.models.values()):
-                return
-            await asyncio.sleep(0.005)
-        raise TimeoutError("publications did not finish")
+        await asyncio.wait_for(self._drain_publications(), timeout=60.0)
 
     # --- downloads -------------------------------------------------------------------
 
