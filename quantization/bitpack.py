@@ -37,9 +37,11 @@ def pack(codes: npt.NDArray[np.integer], bits: int) -> bytes:
     return bytes(out.tobytes())[: packed_size(count, bits)]
 
 
-def unpack(data: bytes | memoryview, bits: int, count: int) -> npt.NDArray[np.uint8]:
+def unpack(
+    data: bytes | memoryview | npt.NDArray[np.uint8], bits: int, count: int
+) -> npt.NDArray[np.uint8]:
     """Inverse of :func:`pack`; ``data`` must hold exactly ``packed_size`` bytes."""
-    raw = np.frombuffer(data, dtype=np.uint8)
+    raw = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data
     if bits == 8:
         return raw[:count].copy()
     groups = (count + 7) // 8

@@ -25,6 +25,7 @@ import math
 import numpy as np
 import numpy.typing as npt
 
+from quantization import bitpack
 from quantization.errors import CodecError
 
 I64 = npt.NDArray[np.int64]
@@ -147,6 +148,8 @@ def _pack_fixed(values: U64, width: int) -> bytes:
     """``width``-bit values into an LSB-first bit stream (encoder side, trusted sizes)."""
     if width == 0 or values.size == 0:
         return b""
+    if width <= 8:
+        return bitpack.pack(values, width)
     shifts = np.arange(width, dtype=np.uint64)
     bits = ((values[:, None] >> shifts) & np.uint64(1)).astype(np.uint8)
     return bytes(np.packbits(bits.reshape(-1), bitorder="little").tobytes())
@@ -161,6 +164,8 @@ def _unpack_fixed(data: bytes | memoryview, width: int, count: int) -> U64:
     used = count * width
     if raw.size * 8 - used >= 8 or (used % 8 and int(raw[-1]) >> (used % 8)):
         raise CodecError("rice section has non-zero padding bits")
+    if width <= 8:  # the common case (mean gaps up to ~350): the word trick
+        return bitpack.unpack(raw, width, count).astype(np.uint64)
     padded = np.zeros(raw.size + 8, dtype=np.uint8)
     padded[: raw.size] = raw
     offsets = np.arange(count, dtype=np.uint64) * np.uint64(width)
@@ -202,7 +207,10 @@ def rice_decode(data: bytes | memoryview, count: int) -> U64:
         raise CodecError(f"rice section holds {stops.size} values; the table says {count}")
     if (int(stops[-1]) + 8 if count else 0) // 8 != len(data) - 1 - fixed:
         raise CodecError("rice section has trailing bytes after its last value")
-    quotients = np.diff(stops, prepend=-1) - 1
+    quotients = np.empty(count, dtype=np.int64)
+    if count:
+        quotients[0] = stops[0]
+        np.subtract(stops[1:], stops[:-1] + 1, out=quotients[1:])
     if count and int(quotients.max()) >= (1 << (63 - k)):
         raise CodecError("rice section has a value too large for 63 bits")
     return (quotients.astype(np.uint64) << np.uint64(k)) | remainders

@@ -29,10 +29,26 @@ def budget(n: int, density: float) -> int:
     return int(min(n, max(1, round(density * n))))
 
 
+_SAMPLE = 1 << 14
+
+
 def _largest(magnitudes: npt.NDArray[np.floating], k: int) -> I64:
+    """Positions of the k largest magnitudes (ties broken arbitrarily), sorted."""
     n = magnitudes.size
     if k >= n:
         return np.arange(n, dtype=np.int64)
+    if n >= 8 * _SAMPLE and k <= n // 8:
+        # Estimate a threshold from a strided sample, with a 2× margin, and
+        # partition only the candidates above it: one comparison pass instead
+        # of a full argpartition (~10× faster at 1 % of 1M). Exact: if at least
+        # k values reach the threshold, the k largest are all among them.
+        sample = np.sort(magnitudes[:: n // _SAMPLE])
+        rank = max(0, sample.size - 1 - int(2 * k * sample.size / n) - 2)
+        candidates = np.flatnonzero(magnitudes >= sample[rank])
+        if k <= candidates.size <= 8 * k + _SAMPLE:
+            keep = candidates.size - k
+            picked = candidates[np.argpartition(magnitudes[candidates], keep)[keep:]]
+            return np.sort(picked).astype(np.int64, copy=False)
     # argpartition is O(n); only the kept k are sorted afterwards.
     picked = np.argpartition(magnitudes, n - k)[n - k :]
     return np.sort(picked).astype(np.int64, copy=False)

@@ -265,3 +265,25 @@ def test_frames_are_identical_under_numpy_1_and_2(tflite_python: Path, tmp_path:
     for f, digest in zip(frames[:3], digests, strict=True):
         out = q.decode(f)
         assert hashlib.sha256(b"".join(out[k].tobytes() for k in out)).hexdigest() == digest
+
+
+@pytest.mark.parametrize(
+    "distribution", ["normal", "heavy", "ascending", "constant", "few_distinct", "spike"]
+)
+def test_top_k_is_exact_on_the_fast_path(distribution: str) -> None:
+    """The sampled-threshold path must pick the same magnitudes as argpartition."""
+    rng = np.random.default_rng(0)
+    n, k = 200_000, 2_000  # large enough for the sampled path
+    values = {
+        "normal": rng.normal(size=n),
+        "heavy": rng.standard_t(1.5, n),
+        "ascending": np.arange(n, dtype=np.float64),
+        "constant": np.ones(n),
+        "few_distinct": rng.integers(0, 3, n).astype(np.float64),
+        "spike": np.where(np.arange(n) % 997 == 0, 1e6, 1e-3),
+    }[distribution]
+    magnitudes = np.abs(values).astype(np.float32)
+    picked = topk._largest(magnitudes, k)
+    assert picked.size == k and np.all(np.diff(picked) > 0)
+    reference = np.sort(magnitudes)[n - k :]
+    assert np.array_equal(np.sort(magnitudes[picked]), reference)
