@@ -66,7 +66,7 @@ import os
 import secrets
 import struct
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -892,20 +892,26 @@ class SecAggServer:
             )
         holders = sorted(shares)
         ordered = [shares[h] for h in holders]
-        candidates = [ordered[:t]]
-        rng = np.random.default_rng(int.from_bytes(self.round_id[:8], "big"))
-        # Bounded search for a consistent subset when some holder lied.
-        candidates += [[ordered[i] for i in sorted(rng.choice(len(ordered), t, replace=False))]
-                       for _ in range(64 if len(ordered) > t else 0)]
-        for subset in candidates:
+
+        def candidates() -> Iterator[list[shamir.Share]]:
+            yield ordered[:t]
+            if len(ordered) > t:
+                # Bounded search for a consistent subset when some holder lied.
+                rng = np.random.default_rng(int.from_bytes(self.round_id[:8], "big"))
+                for _ in range(64):
+                    picked = sorted(rng.choice(len(ordered), t, replace=False))
+                    yield [ordered[i] for i in picked]
+
+        for subset in candidates():
             try:
                 secret = shamir.combine(subset, KEY_BYTES)
             except SecAggError:
                 continue
             if verify(secret):
+                used = {s.x for s in subset}
                 inconsistent.update(
                     (owner, h) for h, s in zip(holders, ordered, strict=True)
-                    if shamir.interpolate(subset, s.x) != s.y
+                    if s.x not in used and shamir.interpolate(subset, s.x) != s.y
                 )
                 return secret
         raise self._abandon(
