@@ -221,14 +221,8 @@ class Agent:
                 return drained
             self._to(S.WAITING_FOR_ELIGIBILITY, "queue drained")
 
-        if now < self._next_checkin_at:
-            return self._result(
-                PACED, min(self._next_checkin_at - now, policy.recheck_interval_s),
-                detail="waiting for the server's retry_after",
-            )
-
         if not eligibility.eligible:
-            if now >= self._next_report_at:
+            if now >= self._next_report_at and now >= self._next_checkin_at:
                 # Tell the server why we are not training (its fleet view), rarely.
                 self._next_report_at = now + policy.report_interval_s
                 with contextlib.suppress(AgentError, TransportError):
@@ -239,6 +233,12 @@ class Agent:
                 if self.lifecycle.state is not S.WAITING_FOR_ELIGIBILITY:
                     self._to(S.WAITING_FOR_ELIGIBILITY, "not eligible")
             return self._result(INELIGIBLE, policy.recheck_interval_s, reasons=eligibility.reasons)
+
+        if now < self._next_checkin_at:
+            return self._result(
+                PACED, min(self._next_checkin_at - now, policy.recheck_interval_s),
+                detail="waiting for the server's retry_after",
+            )
 
         # Check in.
         self._to(S.CHECKING_IN, "eligible")
@@ -424,7 +424,10 @@ class Agent:
         seed = self.rng.getrandbits(32)
         encoded = await asyncio.to_thread(codec.encode_update, update, plan.codec, residual, seed)
         entry = QueuedUpload(
-            idempotency_key=str(uuid.UUID(int=self.rng.getrandbits(128), version=4)),
+            # Always from the OS's entropy, never from the (possibly seeded) rng: a
+            # restarted agent with the same seed must not reuse a key, or the
+            # server would take its new update for a retry of an old one.
+            idempotency_key=str(uuid.uuid4()),
             assignment_id=plan.assignment_id,
             model=plan.model,
             base_version=plan.version,
