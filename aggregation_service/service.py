@@ -280,6 +280,19 @@ class AggregationService:
         self._cpu.shutdown(wait=True)
         self._io.shutdown(wait=True)
 
+    async def crash_for_tests(self) -> None:
+        """TEST SEAM: stop like a killed process would — no draining, no
+        publication, no final flushes; only what is already on disk survives."""
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await asyncio.get_running_loop().run_in_executor(None, self.log.close)
+        await asyncio.get_running_loop().run_in_executor(None, self.store.shutdown)
+        self._cpu.shutdown(wait=True)
+        self._io.shutdown(wait=True)
+
     async def _load_runtime(self, row: ModelRow) -> ModelRuntime:
         versions = await self.store.run(self.store.versions, row.name)
         training = next(v for v in versions if v.version == row.training_version)
