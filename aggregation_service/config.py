@@ -409,4 +409,7 @@ def load_config(
         data["data_dir"] = str(data_dir)
     if environ.get(OPERATOR_TOKEN_ENV):
         data["operator_token"] = environ[OPERATOR_TOKEN_ENV]
-    return ServiceConfig.from_dict(data, where=str(path) if path else "config")
+    try:
+        return ServiceConfig.from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}" if path else str(exc)) from None
