@@ -256,7 +256,8 @@ def encode_frame(
     payload = frame.build(kind, spec, entries, sections, spec.zstd_level)
 
     kept_norm = clipping.l2_norm(s.kept for s in sent)
-    error_norm = clipping.l2_norm(s.decoded - s.kept for s in sent)
+    # Float32 values are sent as they are: no error to measure (or allocate for).
+    error_norm = clipping.l2_norm(s.decoded - s.kept for s in sent if s.decoded is not s.kept)
     out_residual: dict[str, F32] = {}
     if spec.error_feedback and not spec.is_lossless:
         for name, flat, s in zip(names, work, sent, strict=True):
