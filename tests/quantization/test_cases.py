@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -287,3 +288,22 @@ def test_top_k_is_exact_on_the_fast_path(distribution: str) -> None:
     assert picked.size == k and np.all(np.diff(picked) > 0)
     reference = np.sort(magnitudes)[n - k :]
     assert np.array_equal(np.sort(magnitudes[picked]), reference)
+
+
+def test_decode_into_never_materializes_the_dense_update() -> None:
+    upd = update(12, sizes=(400_000, 100_000))
+    expected = shapes(upd)
+    payload = q.encode(upd, SPARSE, seed=0).payload
+    acc = {k: np.zeros(s, np.float32) for k, s in expected.items()}
+    dense_bytes = 4 * 500_000
+    tracemalloc.start()
+    try:
+        q.decode_into(payload, acc, 1.0, expected=expected)
+        _, into_peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        q.decode(payload, expected=expected)
+        _, decode_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert into_peak < 0.2 * dense_bytes  # ~1 % of the values, and their indices
+    assert dense_bytes <= decode_peak < 3 * dense_bytes  # decode does densify
