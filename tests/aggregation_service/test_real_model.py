@@ -4,8 +4,8 @@ held-out digits, and a device-side round trip (download, set_weights)."""
 
 from __future__ import annotations
 
-import io
 import asyncio
+import io
 import json
 from pathlib import Path
 
