@@ -93,6 +93,7 @@ def fedge(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
     return subprocess.run(
         [sys.executable, "-m", "fedge", *args],
         capture_output=True,
+        check=False,
         text=True,
         timeout=120,
         cwd=REPO,
