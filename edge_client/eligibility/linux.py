@@ -104,7 +104,8 @@ class ProcLoadProvider:
         if load is None:
             text = _read(self.root / "proc/loadavg")
             try:
-                load = float(text.split()[0]) / cpus if text else None
+                # Run-queue length per CPU, capped: above 1 the CPUs are simply all busy.
+                load = min(1.0, float(text.split()[0]) / cpus) if text else None
             except (ValueError, IndexError):
                 load = None
         return DeviceState(cpu_load=load, sources=(self.name,))
