@@ -29,8 +29,11 @@ log = logging.getLogger(__name__)
 def _loss_for(options: ExportOptions, final_activation: str | None) -> Any:
     from model_export.losses import Loss
 
-    head = {"sparse_categorical_crossentropy": "softmax", "binary_crossentropy": "sigmoid"}
-    fused = head.get(options.loss) == final_activation
+    # Keras (3.x) treats the input of *any* final softmax or sigmoid as logits
+    # for either cross-entropy (its `_keras_logits`); fedge does the same, so
+    # training matches model.fit and saturated probabilities cannot stall it.
+    cross_entropy = options.loss != "mean_squared_error"
+    fused = cross_entropy and final_activation in ("softmax", "sigmoid")
     from_logits = options.from_logits
     if from_logits is None:
         from_logits = final_activation not in ("softmax", "sigmoid")

@@ -20,9 +20,9 @@ def _batch(t: Tensor) -> Tensor:
 class Loss:
     """A loss applied to the training head's output.
 
-    ``fused`` is True when the model's final softmax (sigmoid) is folded
-    into sparse (binary) cross-entropy, as Keras itself does whatever
-    ``from_logits`` says; the loss then sees the pre-activation values.
+    ``fused`` is True when the model's final softmax or sigmoid is folded
+    into the cross-entropy, as Keras itself does whatever ``from_logits``
+    says; the loss then sees the pre-activation values as logits.
     Otherwise it sees the model's output, as logits if ``from_logits``.
     """
 

@@ -62,16 +62,22 @@ class TrainingModule(tf.Module):  # type: ignore[misc]
         train_specs = [x_spec, y_spec, lr_spec]
         if spec.fedprox:
             train_specs.append(tf.TensorSpec([], tf.float32, name="mu"))
-            self.train = tf.function(self._train_prox, input_signature=train_specs)
+            self.train = tf.function(
+                self._train_prox, input_signature=train_specs, autograph=False
+            )
         else:
-            self.train = tf.function(self._train, input_signature=train_specs)
-        self.evaluate = tf.function(self._evaluate, input_signature=[x_spec, y_spec])
-        self.infer = tf.function(self._infer, input_signature=[x_spec])
-        self.get_weights = tf.function(self._get_weights, input_signature=[])
+            self.train = tf.function(self._train, input_signature=train_specs, autograph=False)
+        self.evaluate = tf.function(
+            self._evaluate, input_signature=[x_spec, y_spec], autograph=False
+        )
+        self.infer = tf.function(self._infer, input_signature=[x_spec], autograph=False)
+        self.get_weights = tf.function(self._get_weights, input_signature=[], autograph=False)
         weight_specs = [
             tf.TensorSpec(r.param.value.shape, tf.float32, name=r.tensor_name) for r in refs
         ]
-        self.set_weights = tf.function(self._set_weights, input_signature=weight_specs)
+        self.set_weights = tf.function(
+            self._set_weights, input_signature=weight_specs, autograph=False
+        )
 
     def signatures(self) -> dict[str, Any]:
         return {

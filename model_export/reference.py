@@ -132,7 +132,7 @@ def build_reference(
                           name="stem_conv"),
             layers.BatchNormalization(name="stem_bn"),
             layers.ReLU(6.0, name="stem_relu6"),
-            layers.DepthwiseConv2D(3, strides=2, padding="same", kernel_initializer=init(11),
+            layers.DepthwiseConv2D(3, strides=2, padding="same", depthwise_initializer=init(11),
                                    name="block_dw"),
             layers.ReLU(name="block_relu"),
             layers.GlobalAveragePooling2D(name="gap"),

@@ -24,13 +24,17 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_manifest_describes_the_model(exported_mlp: Path) -> None:
-    manifest, model_path = load_model_dir(exported_mlp)
+    manifest, _ = load_model_dir(exported_mlp)
     assert manifest.input.shape == (64,)
     assert manifest.label.dtype == "int32"
     assert manifest.label.num_classes == 10
     assert [t.name for t in manifest.tensors] == [
-        "dense_0_kernel", "dense_0_bias", "dense_1_kernel", "dense_1_bias",
-        "head_kernel", "head_bias",
+        "dense_0_kernel",
+        "dense_0_bias",
+        "dense_1_kernel",
+        "dense_1_bias",
+        "head_kernel",
+        "head_bias",
     ]
     assert manifest.num_parameters == 64 * 64 + 64 + 64 * 64 + 64 + 64 * 10 + 10
     ops = manifest.exporter["ops"]
@@ -51,7 +55,7 @@ def test_trains_on_digits(exported_mlp: Path, digits: tuple[np.ndarray, np.ndarr
     for _ in range(3):
         order = rng.permutation(len(x))
         for start in range(0, len(x) - 32, 32):
-            idx = order[start:start + 32]
+            idx = order[start : start + 32]
             model.train_step(x[idx], y[idx], lr=0.1)
     after = model.evaluate(x[:500], y[:500])
     assert after["loss"] < before["loss"]
@@ -66,8 +70,7 @@ def test_package_imports_without_tensorflow() -> None:
         "assert 'keras' not in sys.modules\n"
         "print('ok')\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=False)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
 
@@ -77,8 +80,11 @@ def _runtime_check_in(python: Path, export_dir: Path, tmp_path: Path) -> dict[st
     from sklearn.datasets import load_digits
 
     data = load_digits()
-    np.savez(tmp_path / "digits.npz", x=(data.data[:64] / 16.0).astype(np.float32),
-             y=data.target[:64].astype(np.int32))
+    np.savez(
+        tmp_path / "digits.npz",
+        x=(data.data[:64] / 16.0).astype(np.float32),
+        y=data.target[:64].astype(np.int32),
+    )
     code = f"""
 import json, sys, numpy as np
 from fedge.manifest import load_model_dir
@@ -99,8 +105,9 @@ print(json.dumps({{
     "tf": "tensorflow" in sys.modules,
 }}))
 """
-    done = subprocess.run([str(python), "-c", code], capture_output=True, text=True,
-                          check=False, timeout=300)
+    done = subprocess.run(
+        [str(python), "-c", code], capture_output=True, text=True, check=False, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
