@@ -176,7 +176,13 @@ def encode(
     residual: Mapping[str, npt.ArrayLike] | None = None,
     seed: int | None = None,
 ) -> Encoded:
-    """Compress an update (``{name: array}``, in the mapping's order)."""
+    """Compress an update (``{name: array}``, in the mapping's order).
+
+    ``residual`` (what an earlier encode returned) is added to the clipped
+    update whenever it is given; ``spec.error_feedback`` only decides whether a
+    new residual is returned. ``seed`` makes random-k and stochastic rounding
+    reproducible (the same inputs and seed give the same bytes).
+    """
     return encode_frame(update, spec, residual=residual, seed=seed, kind=frame.UPDATE)
 
 
@@ -410,16 +416,17 @@ def decode_into(
     norm = decoded.l2_norm()
     if max_norm is not None and norm > max_norm:
         raise CodecError(f"update norm {norm:.6g} is above the bound {max_norm:.6g}")
-    w = np.float32(weight)
     for e, indices, values in decoded.tensors:
         acc = accumulator[e.name]
         flat = acc.reshape(-1)
+        # Scale in the accumulator's precision: a float64 sum keeps a float64 weight.
+        scaled = values.astype(acc.dtype, copy=False) * acc.dtype.type(weight)
         if indices is None:
-            flat += values * w
+            flat += scaled
         else:
             # Indices are unique (checked), so fancy-index += is a correct
             # scatter-add — and far faster than np.add.at.
-            flat[indices] += values * w
+            flat[indices] += scaled
     return DecodeStats(
         l2_norm=norm,
         nnz=sum(e.nnz for e in decoded.parsed.entries),

@@ -307,3 +307,13 @@ def test_decode_into_never_materializes_the_dense_update() -> None:
         tracemalloc.stop()
     assert into_peak < 0.2 * dense_bytes  # ~1 % of the values, and their indices
     assert dense_bytes <= decode_peak < 3 * dense_bytes  # decode does densify
+
+
+def test_decode_into_a_float64_sum_keeps_the_weight_in_float64() -> None:
+    payload = q.encode({"w": np.array([1.0, 3.0], np.float32)}, q.CodecSpec.lossless()).payload
+    acc = {"w": np.zeros(2, np.float64)}
+    q.decode_into(payload, acc, 1 / 3, expected={"w": (2,)})
+    assert acc["w"][1] == 3.0 * (1 / 3)  # not float32(1/3) · 3
+    acc32 = {"w": np.zeros(2, np.float32)}
+    q.decode_into(payload, acc32, 1 / 3, expected={"w": (2,)})
+    assert acc32["w"].dtype == np.float32 and acc32["w"][1] == np.float32(3) * np.float32(1 / 3)
