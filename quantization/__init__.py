@@ -12,7 +12,8 @@ The API: :func:`encode`, :func:`decode`, :func:`decode_into` (scatter-add
 into a caller's accumulator, all-or-nothing), :func:`inspect`; downlink
 :func:`encode_weights` / :func:`decode_weights` and
 :func:`encode_model_delta` / :func:`apply_model_delta` (exact XOR delta by
-default). docs/codec.md documents the frame byte by byte.
+default), and :func:`weights_digest` (a hash of weights, not of frame
+bytes). docs/codec.md documents the frame byte by byte.
 
 Exceptions::
 
@@ -40,6 +41,7 @@ from quantization.delta import (
     decode_weights,
     encode_model_delta,
     encode_weights,
+    weights_digest,
 )
 from quantization.errors import CodecError
 from quantization.frame import DEFAULT_MAX_DECODED_BYTES
@@ -62,4 +64,5 @@ __all__ = [
     "encode_model_delta",
     "encode_weights",
     "inspect",
+    "weights_digest",
 ]

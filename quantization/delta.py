@@ -11,7 +11,9 @@ delta is ``new − base`` through that codec (not exact, much smaller).
 
 from __future__ import annotations
 
+import hashlib
 import math
+import struct
 from collections.abc import Mapping
 
 import numpy as np
@@ -37,6 +39,24 @@ def _float32_tensors(arrays: Mapping[str, npt.ArrayLike], what: str) -> dict[str
 
 def _shapes(arrays: Mapping[str, F32]) -> dict[str, tuple[int, ...]]:
     return {name: tuple(int(d) for d in a.shape) for name, a in arrays.items()}
+
+
+def weights_digest(weights: Mapping[str, npt.ArrayLike]) -> str:
+    """sha256 (hex) of the weights themselves, independent of any frame bytes.
+
+    Frame bytes depend on the zstd library's version and level; this does not.
+    It hashes, per tensor in the mapping's order: the UTF-8 name's length (u16
+    LE) and bytes, the rank (u8) and dims (u64 LE each), then the float32
+    little-endian values in C order. Use it to check weights rebuilt from a
+    delta against the weights a server published.
+    """
+    digest = hashlib.sha256()
+    for name, value in _float32_tensors(weights, "weights").items():
+        encoded = name.encode("utf-8")
+        digest.update(struct.pack("<H", len(encoded)) + encoded)
+        digest.update(struct.pack(f"<B{value.ndim}Q", value.ndim, *value.shape))
+        digest.update(np.ascontiguousarray(value, dtype="<f4").tobytes())
+    return digest.hexdigest()
 
 
 def encode_weights(weights: Mapping[str, npt.ArrayLike], *, zstd_level: int = 3) -> bytes:

@@ -181,3 +181,18 @@ def test_bit_packing_round_trips(bits: int, count: int, seed: int) -> None:
     )
     assert packed == reference.tobytes()  # the documented LSB-first stream
     assert np.array_equal(bitpack.unpack(packed, bits, count), codes)
+
+
+def test_weights_digest_hashes_values_not_frame_bytes() -> None:
+    weights = update(4)
+    digest = q.weights_digest(weights)
+    level1 = q.decode_weights(q.encode_weights(weights, zstd_level=1))
+    level19 = q.decode_weights(q.encode_weights(weights, zstd_level=19))
+    assert q.weights_digest(level1) == q.weights_digest(level19) == digest
+    flipped = {k: v.copy() for k, v in weights.items()}
+    flipped["t1"].view(np.uint32).flat[0] ^= 1  # one bit of one weight
+    assert q.weights_digest(flipped) != digest
+    reshaped = {**weights, "t1": weights["t1"].reshape(-1)}  # same values, other shape
+    assert q.weights_digest(reshaped) != digest
+    renamed = {("u1" if k == "t1" else k): v for k, v in weights.items()}
+    assert q.weights_digest(renamed) != digest
