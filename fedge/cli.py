@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "aggregation_service.cli",
     "edge_client.cli",
     "quantization.cli",
+    "privacy.cli",
 )
 
 
