@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import os
+import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -118,8 +119,12 @@ def arrays_to_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
 
 
 def arrays_from_bytes(data: bytes) -> dict[str, np.ndarray]:
-    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-        return {k: npz[k] for k in npz.files}
+    """Arrays from .npz bytes; ValueError for anything that is not one."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except (zipfile.BadZipFile, OSError, EOFError, KeyError) as exc:
+        raise ValueError(f"not a valid .npz ({exc})") from exc
 
 
 @dataclass(frozen=True)

@@ -61,3 +61,31 @@ async def test_raw_data_never_leaves_the_device(
     for needle in (sentinel.tobytes(), np.float64(sentinel).tobytes(), b"1234.5678",
                    x[0].tobytes()):
         assert needle not in sent
+
+
+async def test_new_version_arrives_as_an_exact_delta(
+    tmp_path: object, service: LiveService, digits_dir: object
+) -> None:
+    import asyncio
+    from pathlib import Path
+
+    base = Path(str(tmp_path))
+    first = AgentFactory(base / "a", service, Path(str(digits_dir)))
+    second = AgentFactory(base / "b", service, Path(str(digits_dir)))
+    agent_a, agent_b = await first(), await second()
+    assert (await agent_a.run_cycle()).outcome == UPLOADED
+    assert (await agent_b.run_cycle()).outcome == UPLOADED
+    for _ in range(200):  # buffer_size=2: the service steps and publishes version 2
+        if (await service.model())["training_version"] == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert agent_a.cache.cached_version("digits") == 1
+    agent_a._next_checkin_at = 0.0
+    result = await agent_a.run_cycle()
+    assert result.version == 2, result
+    assert result.download["used_delta"] is True and result.download["graph_cached"] is True
+    assert agent_a.cache.cached_version("digits") == 2
+    # Only one version's weights are kept on disk.
+    assert [p.name for p in (agent_a.state.root / "cache/weights/digits").iterdir()] == ["2.npz"]
+    await agent_a.close()
+    await agent_b.close()
