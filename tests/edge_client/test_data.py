@@ -67,7 +67,7 @@ def test_bad_npz(tmp_path: Path, manifest) -> None:  # type: ignore[no-untyped-d
     with pytest.raises(DataError, match="not a readable"):
         open_source(DataConfig("npz", path=str(tmp_path)), manifest)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="no .npz files"):
+    with pytest.raises(DataError, match=r"no \.npz files"):
         open_source(DataConfig("npz", path=str(tmp_path / "empty")), manifest)
     np.savez(tmp_path / "a.npz", x=np.full((3, 64), np.nan), y=np.zeros(3))
     with pytest.raises(DataError, match="NaN"):
