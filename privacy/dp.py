@@ -173,6 +173,18 @@ class DPConfig:
     accounting: AccountingMethod = AccountingMethod.RDP
 
     def __post_init__(self) -> None:
+        # Accept the enums' string values from Python callers too ("local").
+        for key, enum in (("mode", DPMode), ("participation", Participation),
+                          ("accounting", AccountingMethod)):
+            value = getattr(self, key)
+            if not isinstance(value, enum):
+                try:
+                    object.__setattr__(self, key, enum(value))
+                except ValueError:
+                    options = ", ".join(repr(e.value) for e in enum)
+                    raise PrivacyConfigError(
+                        f"dp.{key}: {value!r} is not one of {options}"
+                    ) from None
         z, c = self.noise_multiplier, self.clip_norm
         if not (math.isfinite(z) and z >= 0):
             raise PrivacyConfigError(f"dp.noise_multiplier: {z} must be a finite number ≥ 0")

@@ -100,6 +100,13 @@ def test_config_round_trips_through_dict() -> None:
     assert dp.adaptive is not None and dp.adaptive.target_quantile == 0.7
 
 
+def test_enum_fields_accept_their_string_values() -> None:
+    dp = DPConfig(1.0, 1.0, mode="local", participation="full")  # type: ignore[arg-type]
+    assert dp.mode is DPMode.LOCAL
+    with pytest.raises(PrivacyConfigError, match=r"dp\.accounting"):
+        DPConfig(1.0, 1.0, accounting="moments")  # type: ignore[arg-type]
+
+
 def test_clipping_only_is_allowed_but_not_enabled() -> None:
     dp = DPConfig(noise_multiplier=0.0, clip_norm=1.0)
     assert not dp.enabled
