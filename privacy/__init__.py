@@ -15,7 +15,8 @@ never imports TensorFlow or aiohttp. Modules, one concern each:
 - :mod:`privacy.robust` — norm bounds, anomaly scoring, quarantine/throttle
   policy, coordinate-wise median and trimmed mean.
 - :mod:`privacy.audit` — loss-threshold membership-inference attack (AUC and
-  advantage) against a :class:`fedge.runtime.TrainableModel`.
+  advantage) against a :class:`fedge.runtime.TrainableModel`; ``fedge audit``
+  (:mod:`privacy.cli`) runs it from the command line.
 
 Only the numpy-only modules are imported here; import the others by name.
 
@@ -32,10 +33,13 @@ Exceptions::
 """
 
 from privacy.dp import (
+    AccountingMethod,
     AdaptiveClipper,
     AdaptiveClipping,
     ClipResult,
     DPConfig,
+    DPMode,
+    Participation,
     add_local_noise,
     add_noise,
     check_codec_compatible,
@@ -53,11 +57,14 @@ from privacy.errors import (
 
 __all__ = [
     "AccountingError",
+    "AccountingMethod",
     "AdaptiveClipper",
     "AdaptiveClipping",
     "AuditError",
     "ClipResult",
     "DPConfig",
+    "DPMode",
+    "Participation",
     "PrivacyConfigError",
     "PrivacyError",
     "ProtocolViolation",

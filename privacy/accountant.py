@@ -57,6 +57,8 @@ class PrivacyReport:
 
     version: int
     sampling_probability: float
+    # The multiplier charged: dp.noise_multiplier in central mode, half of it
+    # in local mode (sensitivity 2C, see the module docstring).
     noise_multiplier: float
     step_epsilon: float  # ε of this step alone, at ``delta``
     epsilon: float  # cumulative ε of every step so far, at ``delta``

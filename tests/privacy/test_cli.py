@@ -60,7 +60,7 @@ def test_audit_of_an_overfit_version_from_a_weights_frame(
 
     # The untrained export, human-readable output, and .npz weights.
     npz = tmp_path / "weights.npz"
-    np.savez(npz, **model.get_weights())
+    np.savez(npz, **model.get_weights())  # type: ignore[arg-type]
     assert main(["audit", str(exported_mlp), "--members", str(data["members"]),
                  "--non-members", str(data["non_members"]), "--weights", str(npz)]) == 0
     out = capsys.readouterr().out

@@ -290,7 +290,8 @@ def test_codec_check_accepts_a_real_codec_spec_and_its_encoder_keeps_the_bound()
     residual = None
     for _ in range(5):
         update = {"w": rng.normal(size=(40, 30)).astype(np.float32) * 3}
-        encoded = quantization.encode(update, spec, residual=residual, seed=int(rng.integers(1e9)))
+        seed = int(rng.integers(10**9))
+        encoded = quantization.encode(update, spec, residual=residual, seed=seed)
         residual = encoded.residual
         decoded = quantization.decode(encoded.payload)
         assert global_norm(decoded) <= DP.clip_norm  # type: ignore[operator]

@@ -7,7 +7,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from scipy import stats
+from scipy import stats  # type: ignore[import-untyped]
 
 from privacy import shamir
 from privacy.errors import PrivacyConfigError, ProtocolViolation, SecAggAbandoned, SecAggError
