@@ -107,15 +107,24 @@ def _check_name(name: object) -> str:
 
 
 def _as_float(name: str, value: object, what: str) -> npt.NDArray[np.floating]:
+    """The array, if it is float16/32/64 and finite once cast to float32."""
     array = np.asarray(value)
     if array.dtype.name not in frame.SOURCE_CODES:
         raise CodecError(
             f"{what} {name!r} has dtype {array.dtype}; expected float32, float16 or float64"
         )
-    if not np.all(np.isfinite(array)):
-        bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
-        raise CodecError(f"{what} {name!r} has {bad} NaN or infinite value(s); refusing to encode")
+    with np.errstate(over="ignore"):  # overflow is what the check reports
+        _check_finite(name, array.astype(np.float32, copy=False), what)
     return array
+
+
+def _check_finite(name: str, array: npt.NDArray[np.floating], what: str) -> None:
+    finite = np.isfinite(array)
+    if not finite.all():
+        bad = int(finite.size - np.count_nonzero(finite))
+        raise CodecError(
+            f"{what} {name!r} has {bad} NaN or infinite value(s) as float32; refusing to encode"
+        )
 
 
 def _flat_f32(array: npt.NDArray[np.floating]) -> F32:
@@ -125,7 +134,7 @@ def _flat_f32(array: npt.NDArray[np.floating]) -> F32:
 # -- Encoding ------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Sent:
     """One tensor's kept values, as coded and as decoded."""
 
@@ -135,14 +144,16 @@ class _Sent:
     quantized: stochastic.Quantized | None
 
 
-def _quantize(kept: F32, spec: CodecSpec, rng: np.random.Generator) -> _Sent:
+def _quantize(
+    indices: I64 | None, kept: F32, spec: CodecSpec, rng: np.random.Generator
+) -> _Sent:
     if spec.value_coding == "stochastic":
         bits = spec.bits if spec.bits is not None else 8  # always set: CodecSpec checks it
         q = stochastic.quantize(kept, bits, spec.chunk_size, rng)
-        return _Sent(None, kept, stochastic.dequantize(q), q)
+        return _Sent(indices, kept, stochastic.dequantize(q), q)
     if spec.value_coding == "float16":
-        return _Sent(None, kept, kept.astype(np.float16).astype(np.float32), None)
-    return _Sent(None, kept, kept, None)
+        return _Sent(indices, kept, kept.astype(np.float16).astype(np.float32), None)
+    return _Sent(indices, kept, kept, None)
 
 
 def _shrink(sent: _Sent, factor: float, spec: CodecSpec) -> _Sent:
@@ -218,16 +229,16 @@ def encode_frame(
                     raise CodecError(
                         f"residual {n!r} has shape {tuple(r.shape)}, the update {shapes[n]}"
                     )
-                work[i] += r.reshape(-1).astype(np.float32)
+                with np.errstate(over="ignore"):  # reported just below
+                    work[i] += r.reshape(-1).astype(np.float32)
+                _check_finite(n, work[i], "update + residual of tensor")
 
     rng = np.random.default_rng(seed)
     chosen = topk.select(work, spec.density, spec.sparsify, spec.scope, rng)
-    sent: list[_Sent] = []
-    for flat, idx in zip(work, chosen, strict=True):
-        kept = flat if idx is None else flat[idx]
-        s = _quantize(kept, spec, rng)
-        s.indices = idx
-        sent.append(s)
+    sent = [
+        _quantize(idx, flat if idx is None else flat[idx], spec, rng)
+        for flat, idx in zip(work, chosen, strict=True)
+    ]
 
     sent_norm = clipping.l2_norm(s.decoded for s in sent)
     if spec.clip_norm is not None:

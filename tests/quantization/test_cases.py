@@ -317,3 +317,11 @@ def test_decode_into_a_float64_sum_keeps_the_weight_in_float64() -> None:
     acc32 = {"w": np.zeros(2, np.float32)}
     q.decode_into(payload, acc32, 1 / 3, expected={"w": (2,)})
     assert acc32["w"].dtype == np.float32 and acc32["w"][1] == np.float32(3) * np.float32(1 / 3)
+
+
+def test_values_beyond_float32_and_overflowing_residuals_are_refused() -> None:
+    with pytest.raises(q.CodecError, match="'big' has 1 NaN or infinite value\\(s\\) as float32"):
+        q.encode({"big": np.array([1.0, 1e300])}, SPARSE)
+    near_max = {"w": np.full(4, 3e38, np.float32)}
+    with pytest.raises(q.CodecError, match="update \\+ residual of tensor 'w'"):
+        q.encode(near_max, SPARSE, residual=near_max)
