@@ -207,6 +207,7 @@ class AggregationService:
         # Decoding and optimizer steps: CPU-bound numpy, one worker keeps ordering simple.
         self._cpu = ThreadPoolExecutor(1, thread_name_prefix="fedge-cpu")
         self._io = ThreadPoolExecutor(2, thread_name_prefix="fedge-io")
+        self._publish_pool = ThreadPoolExecutor(1, thread_name_prefix="fedge-publish")
         self._device_cache: OrderedDict[str, str] = OrderedDict()
         self._delta_cache: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -279,6 +280,7 @@ class AggregationService:
         await asyncio.get_running_loop().run_in_executor(None, self.store.shutdown)
         self._cpu.shutdown(wait=True)
         self._io.shutdown(wait=True)
+        self._publish_pool.shutdown(wait=True)
 
     async def crash_for_tests(self) -> None:
         """TEST SEAM: stop like a killed process would — no draining, no
@@ -292,6 +294,7 @@ class AggregationService:
         await asyncio.get_running_loop().run_in_executor(None, self.store.shutdown)
         self._cpu.shutdown(wait=True)
         self._io.shutdown(wait=True)
+        self._publish_pool.shutdown(wait=True)
 
     async def _load_runtime(self, row: ModelRow) -> ModelRuntime:
         versions = await self.store.run(self.store.versions, row.name)
@@ -1162,7 +1165,10 @@ class AggregationService:
             weights = {**rt.weights, **new_trainable}
             return weights, state, codec.encode_weights(weights), _npz_bytes(state)
 
-        weights, state, frame, state_bytes = await self._cpu_run(step)
+        # On the publish thread, not the decode thread: uploads keep being
+        # accepted while the optimizer steps and zstd compresses (GIL released).
+        loop = asyncio.get_running_loop()
+        weights, state, frame, state_bytes = await loop.run_in_executor(self._publish_pool, step)
         weights_sha = await self._io_run(self.blobs.put, frame)
         state_sha = await self._io_run(self.blobs.put, state_bytes) if state else None
         version = max(rt.parents) + 1
