@@ -323,7 +323,8 @@ class Decoded:
 def _values(e: frame.Entry, section: memoryview) -> npt.NDArray[Any]:
     if e.value_coding == frame.STOCHASTIC:
         q = stochastic.from_bytes(section, e.nnz, e.bits, e.chunk_size, e.scale_dtype)
-        values: npt.NDArray[Any] = stochastic.dequantize(q)
+        with np.errstate(over="ignore", invalid="ignore"):  # a forged scale: caught below
+            values: npt.NDArray[Any] = stochastic.dequantize(q)
     else:
         values = floats.from_bytes(section, e.nnz, e.value_coding)
     if values.dtype == np.float32 and not np.all(np.isfinite(values)):

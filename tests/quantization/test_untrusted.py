@@ -344,3 +344,11 @@ def test_a_delta_that_makes_weights_non_finite_is_rejected() -> None:
                        .reshape(4, 4).T.tobytes()], 3)
     with pytest.raises(q.CodecError, match="non-finite"):
         q.apply_model_delta(data, base)
+
+
+def test_a_scale_that_overflows_on_decoding_is_rejected() -> None:
+    scales = np.array([3e38], dtype="<f4").tobytes()
+    entry = frame.Entry("w", (2,), 0, indexcoding.DENSE, frame.STOCHASTIC, 8, 2, 256, 2, 0, 6)
+    data = _one_entry_frame(entry, [b"", scales + bytes([0, 255])])
+    with pytest.raises(q.CodecError, match="NaN or infinite"):
+        q.decode(data)
