@@ -6,7 +6,7 @@
 - ``cnn1d``: sensor time series (e.g. 128×3): strided Conv1D, max pooling,
   Conv1D, global average pooling, dropout, softmax Dense.
 - ``transfer``: a frozen feature extractor (Conv2D → BatchNorm → ReLU6 →
-  DepthwiseConv2D → ReLU → global pooling for images; Dense layers for
+  strided DepthwiseConv2D → ReLU → Flatten for images; Dense layers for
   vectors) and a trainable head (Dense+ReLU, softmax Dense). Its backbone
   weights are seeded, not pretrained: no weights are downloaded.
 """
@@ -135,7 +135,9 @@ def build_reference(
             layers.DepthwiseConv2D(3, strides=2, padding="same", depthwise_initializer=init(11),
                                    name="block_dw"),
             layers.ReLU(name="block_relu"),
-            layers.GlobalAveragePooling2D(name="gap"),
+            # Flatten, not global pooling: a seeded (untrained) backbone's
+            # spatially pooled features carry too little signal for the head.
+            layers.Flatten(name="features"),
         ], name="backbone")
     else:
         backbone = keras.Sequential([
