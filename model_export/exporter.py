@@ -61,8 +61,10 @@ def _label(options: ExportOptions, output_shape: tuple[int, ...]) -> LabelSpec:
     return LabelSpec(shape=output_shape, dtype="float32", num_classes=None)
 
 
-def _finalize(tmp: Path, out_dir: Path) -> None:
-    """Move the verified files into place; an earlier export there is replaced."""
+def _check_out_dir(out_dir: Path) -> None:
+    """An existing ``out_dir`` may only be empty or an earlier export (which is replaced)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InvalidOptionError(f"{out_dir} exists and is not a directory; choose another --out")
     if out_dir.exists():
         entries = {p.name for p in out_dir.iterdir()}
         if entries and not entries <= {MODEL_FILE, MANIFEST_FILE}:
@@ -70,6 +72,12 @@ def _finalize(tmp: Path, out_dir: Path) -> None:
                 f"{out_dir} exists and is not an export directory (it holds "
                 f"{', '.join(sorted(entries)[:5])}); choose another --out"
             )
+
+
+def _finalize(tmp: Path, out_dir: Path) -> None:
+    """Move the verified files into place; an earlier export there is replaced."""
+    if out_dir.exists():
+        _check_out_dir(out_dir)
         old = out_dir.with_name(f".{out_dir.name}.fedge-old-{os.getpid()}")
         out_dir.rename(old)
         tmp.rename(out_dir)
@@ -97,6 +105,7 @@ def export_model(model: Any, out_dir: Path | str, options: ExportOptions) -> Exp
     started = time.perf_counter()
     if not hasattr(model, "layers") or not hasattr(model, "inputs"):
         raise UnsupportedModelError(f"expected a Keras model, got {type(model).__name__}")
+    _check_out_dir(out_dir)
     translated = translate(model)
     loss = _loss_for(options, translated.final_activation)
     label = _label(options, translated.output_shape)

@@ -56,7 +56,11 @@ def rank6_broadcasts(model: bytes) -> list[Violation]:
                 sig = tensor.ShapeSignatureAsNumpy() if tensor.ShapeSignatureLength() else None
                 shape = sig if sig is not None else tensor.ShapeAsNumpy()
                 shapes.append(tuple(int(d) for d in shape) if not isinstance(shape, int) else ())
-            if shapes[0] != shapes[1] and max(len(shapes[0]), len(shapes[1])) > 5:
+            rank = max(len(shapes[0]), len(shapes[1]))
+            # Equal signatures with a dynamic (−1) dimension may still broadcast at
+            # run time (−1 resolving to 1 on one side), so those count too.
+            dynamic_same = shapes[0] == shapes[1] and -1 in shapes[0]
+            if rank > 5 and (shapes[0] != shapes[1] or dynamic_same):
                 found.append(Violation(label, i, name, (shapes[0], shapes[1])))
     return found
 
