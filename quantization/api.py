@@ -424,7 +424,11 @@ def decode_into(
     if max_norm is not None and not (max_norm >= 0):
         raise CodecError(f"max_norm must be a non-negative number, got {max_norm}")
     _check_accumulator(accumulator, expected)
-    decoded = decode_frame(payload, expected=expected, max_decoded_bytes=None, kinds=_VALUE_KINDS)
+    # Only update frames: summing a full weights frame as if it were an update
+    # would be a silent disaster.
+    decoded = decode_frame(
+        payload, expected=expected, max_decoded_bytes=None, kinds=(frame.UPDATE,)
+    )
     norm = decoded.l2_norm()
     if max_norm is not None and norm > max_norm:
         raise CodecError(f"update norm {norm:.6g} is above the bound {max_norm:.6g}")

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import struct
-import zlib
-
 import numpy as np
 import numpy.typing as npt
 
 from quantization import floats, frame
 from quantization.spec import CodecSpec
+from quantization.testing import reseal
+
+__all__ = ["float_frame", "reseal", "shapes", "update"]
 
 
 def update(seed: int = 0, sizes: tuple[int, ...] = (4000, 64, 1500)) -> dict[str, np.ndarray]:
@@ -24,12 +24,6 @@ def update(seed: int = 0, sizes: tuple[int, ...] = (4000, 64, 1500)) -> dict[str
 
 def shapes(tensors: dict[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in tensors.items()}
-
-
-def reseal(payload: bytes | bytearray) -> bytes:
-    """Recompute the CRC, as a forger (or any bug upstream of it) would."""
-    body = bytes(payload[:-4])
-    return body + struct.pack("<I", zlib.crc32(body))
 
 
 def float_frame(

@@ -352,3 +352,31 @@ def test_a_scale_that_overflows_on_decoding_is_rejected() -> None:
     data = _one_entry_frame(entry, [b"", scales + bytes([0, 255])])
     with pytest.raises(q.CodecError, match="NaN or infinite"):
         q.decode(data)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"values": {"w": [1.0, float("nan")]}}, "NaN or infinite"),
+        ({"values": {"w": [1.0, 2.0]}, "indices": {"w": [3, 3]}, "shapes": {"w": (5,)}},
+         "duplicate index"),
+        ({"values": {"w": [1.0, 2.0]}, "indices": {"w": [3, 1]}, "shapes": {"w": (5,)}},
+         "outside the tensor"),
+        ({"values": {"w": [1.0]}, "indices": {"w": [5]}, "shapes": {"w": (5,)}},
+         "outside the tensor"),
+        ({"values": {"w": [1.0]}, "kind": "weights"}, "weights frame; expected update"),
+    ],
+)
+def test_testing_seam_builds_the_frames_a_service_must_refuse(
+    kwargs: dict, message: str  # type: ignore[type-arg]
+) -> None:
+    from quantization.testing import raw_frame
+
+    data = raw_frame(**kwargs)
+    shapes_ = kwargs.get("shapes") or {k: np.shape(v) for k, v in kwargs["values"].items()}
+    acc = {k: np.zeros(s, np.float64) for k, s in shapes_.items()}
+    with pytest.raises(q.CodecError, match=message):
+        q.decode_into(data, acc, 1.0, expected=shapes_)
+    assert not any(a.any() for a in acc.values())
+    good = raw_frame({"w": [1.0, 2.0]}, indices={"w": [0, 4]}, shapes={"w": (5,)})
+    assert q.decode(good)["w"].tolist() == [1.0, 0.0, 0.0, 0.0, 2.0]
