@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import yaml
-
 from edge_client.errors import ConfigError
 
 _HOURS = re.compile(r"^\s*(\d{1,2})(?::00)?\s*-\s*(\d{1,2})(?::00)?\s*$")
@@ -354,6 +352,8 @@ class AgentConfig:
 
     @classmethod
     def load(cls, path: Path | str) -> AgentConfig:
+        import yaml  # noqa: PLC0415  (not at the top: the training worker never reads YAML)
+
         path = Path(path)
         try:
             text = path.read_text(encoding="utf-8")
@@ -416,4 +416,6 @@ class AgentConfig:
         }
 
     def to_yaml(self) -> str:
+        import yaml  # noqa: PLC0415
+
         return yaml.safe_dump(self.to_dict(), sort_keys=False)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import importlib
-import inspect
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -170,6 +169,8 @@ class CallableData:
         self.func = func
         self.name = name
         self.manifest = manifest
+        import inspect  # noqa: PLC0415  (only callable sources need it; keeps the worker small)
+
         try:
             self._takes_batch = "batch_size" in inspect.signature(func).parameters
         except (TypeError, ValueError):

@@ -15,8 +15,7 @@ import sys
 from typing import Any, BinaryIO
 
 from edge_client.errors import DataError
-from edge_client.storage import arrays_to_bytes
-from edge_client.trainer import (
+from edge_client.session import (
     _BLOB,
     _HEAD,
     LocalSession,
@@ -24,6 +23,7 @@ from edge_client.trainer import (
     job_from_header,
     local_runtime,
 )
+from edge_client.storage import arrays_to_bytes
 from fedge.errors import FedgeError
 
 
