@@ -89,34 +89,59 @@ log "copied the host's resolv.conf and CA bundle"
 
 run() { "$here/run-in-rootfs.sh" "$root" "$@"; }
 
+# pip runs ~100x slower under qemu-user, and resolving, downloading and
+# building is most of its work. So the host does those natively: it downloads
+# the aarch64 wheels (cached in $cache/wheels) and builds fedge's wheel; pip
+# inside the rootfs then only installs local wheels (--no-index), and skips
+# byte-compiling (Python compiles on first import instead).
+host_python=${HOST_PYTHON:-}
+if [[ -z $host_python ]]; then
+    if [[ -x $repo/.venv/bin/python ]]; then host_python=$repo/.venv/bin/python; else host_python=python3; fi
+fi
+host_pip() { "$host_python" -m pip --disable-pip-version-check -q "$@"; }
+wheels=$root/opt/fedge/wheels
+mkdir -p "$wheels"
+
 # 4. The venv with the device's runtime packages.
 req_id=$(printf '%s\n' "${requirements[@]}" | sha256sum | cut -c1-16)
 if [[ "$(cat "$markers/venv.done" 2>/dev/null)" == "$req_id" ]]; then
     log "reusing venv /opt/fedge/venv"
 else
-    log "creating venv /opt/fedge/venv: ${requirements[*]}"
+    log "downloading aarch64 wheels on the host: ${requirements[*]}"
+    mkdir -p "$cache/wheels"
+    host_pip download --dest "$cache/wheels" --only-binary=:all: \
+        --platform manylinux2014_aarch64 --platform manylinux_2_28_aarch64 \
+        --platform manylinux_2_34_aarch64 --python-version 3.11 --implementation cp \
+        "${requirements[@]}"
+    cp "$cache/wheels"/*.whl "$wheels/"
+    log "creating venv /opt/fedge/venv and installing the wheels in the rootfs"
     run /usr/bin/python3 -m venv /opt/fedge/venv
-    run /opt/fedge/venv/bin/python -m pip install -q "${requirements[@]}"
+    run /opt/fedge/venv/bin/python -m pip install -q --no-index --find-links /opt/fedge/wheels \
+        --no-compile "${requirements[@]}"
     printf '%s\n' "$req_id" > "$markers/venv.done"
 fi
 
 # 5. fedge from this tree (no dependencies: the device set is above). The
 #    packages are copied, not bind-mounted, so the rootfs stays usable on its
-#    own and the repository is never written to from inside the chroot.
-src_id=$(cd "$repo" && find pyproject.toml README.md fedge model_export quantization \
-    aggregation_service edge_client device_profiles privacy \
+#    own and nothing is ever written to the repository from inside.
+packages=(fedge model_export quantization aggregation_service edge_client device_profiles privacy)
+src_id=$(cd "$repo" && find pyproject.toml README.md "${packages[@]}" \
     -type f ! -path '*/__pycache__/*' -print0 2>/dev/null \
     | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
 if [[ "$(cat "$markers/fedge.done" 2>/dev/null)" == "$src_id" ]]; then
     log "fedge source unchanged ($src_id); not reinstalling"
 else
     log "installing fedge from $repo ($src_id)"
-    rm -rf "$root/opt/fedge/src"
+    rm -rf "$root/opt/fedge/src" "$wheels"/fedge-*.whl
     mkdir -p "$root/opt/fedge/src"
-    (cd "$repo" && tar -cf - --exclude=__pycache__ pyproject.toml README.md fedge model_export \
-        quantization aggregation_service edge_client device_profiles privacy) \
+    (cd "$repo" && tar -cf - --exclude=__pycache__ pyproject.toml README.md "${packages[@]}") \
         | tar -xf - -C "$root/opt/fedge/src"
-    run /opt/fedge/venv/bin/python -m pip install -q --no-deps /opt/fedge/src
+    host_pip wheel --no-deps --wheel-dir "$wheels" "$root/opt/fedge/src" \
+        > "$markers/fedge-wheel.log" 2>&1 \
+        || { cat "$markers/fedge-wheel.log" >&2; die "building the fedge wheel failed"; }
+    wheel=$(cd "$wheels" && ls fedge-*.whl)
+    run /opt/fedge/venv/bin/python -m pip install -q --no-deps --no-index --no-compile \
+        --force-reinstall "/opt/fedge/wheels/$wheel"
     printf '%s\n' "$src_id" > "$markers/fedge.done"
 fi
 
