@@ -7,6 +7,8 @@ import dataclasses
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats  # type: ignore[import-untyped]
 
 from privacy import shamir
@@ -516,3 +518,48 @@ def test_flatten_and_unflatten_follow_the_layout() -> None:
         flatten({**update, "b": np.zeros(3)}, layout)
     with pytest.raises(SecAggError, match="layout needs"):
         unflatten(np.zeros(9), layout)
+
+
+# --------------------------------------------------------------------------- property
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    n=st.integers(min_value=4, max_value=10),
+    degree=st.sampled_from([2, 4, 6]),
+    data=st.data(),
+)
+def test_any_dropout_pattern_gives_the_exact_sum_or_an_abandoned_round(
+    n: int, degree: int, data: st.DataObject
+) -> None:
+    """Whatever drops out when: either the survivors' exact sum, or
+    SecAggAbandoned — and never both kinds of share of one device."""
+    threshold = degree // 2 + 1
+    cfg = _config(degree=degree, threshold=threshold, min_clients=3)
+    inputs = _inputs(n, seed=n * 10 + degree, length=40)
+    names = sorted(inputs)
+    stage = st.sampled_from(["stay", "before_keys", "after_keys", "after_shares", "after_input"])
+    fate = {name: data.draw(stage) for name in names}
+    drops = Dropouts(**{
+        s: frozenset(k for k, v in fate.items() if v == s)
+        for s in ("before_keys", "after_keys", "after_shares", "after_input")
+    })
+    servers: list[SecAggServer] = []
+    original = SecAggServer.__init__
+
+    def spy(self: SecAggServer, *args: object, **kwargs: object) -> None:
+        original(self, *args, **kwargs)  # type: ignore[arg-type]
+        servers.append(self)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(SecAggServer, "__init__", spy)
+        try:
+            result, _, _ = run_local_round(cfg, inputs, dropouts=drops)
+        except SecAggAbandoned:
+            result = None
+    _never_both(servers[0])
+    if result is not None:
+        counted = {k for k, v in fate.items() if v in ("stay", "after_input")}
+        assert set(result.survivors) == counted
+        expected = np.sum([inputs[k] for k in counted], axis=0)
+        assert np.abs(result.total - expected).max() <= n * cfg.fixed_point.resolution
