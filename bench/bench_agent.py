@@ -211,6 +211,20 @@ def bench_training(tmp: Path, model_dir: Path) -> list[Row]:
 
 # --- lapse ----------------------------------------------------------------------------------
 
+OPERATOR = "bench-operator-token-0123456789"
+
+
+def multipart(parts: dict[str, tuple[str, bytes, str]]) -> tuple[str, bytes]:
+    boundary = "fedge-bench-boundary"
+    chunks = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
+        f'filename="{filename}"\r\nContent-Type: {ctype}\r\n\r\n'.encode() + data + b"\r\n"
+        for name, (filename, data, ctype) in parts.items()
+    ]
+    chunks.append(f"--{boundary}--\r\n".encode())
+    return f"multipart/form-data; boundary={boundary}", b"".join(chunks)
+
+
 
 async def _lapse_trials(tmp: Path, model_dir: Path, data_dir: Path, trials: int
                         ) -> tuple[list[int], list[float], list[int]]:
@@ -226,7 +240,6 @@ async def _lapse_trials(tmp: Path, model_dir: Path, data_dir: Path, trials: int
     from edge_client.trainer import ProcessTrainer, TrainingJob, TrainingSession
     from edge_client.transport import HttpTransport
     from fedge.clock import SystemClock
-    from tests.edge_client.conftest import OPERATOR, multipart
 
     training = TrainingConfig.from_dict({
         "buffer_size": 1000, "pace_min_retry_s": 0.01, "pace_max_retry_s": 0.02,
