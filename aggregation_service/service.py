@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import io
@@ -161,6 +162,8 @@ class ModelRuntime:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     resumed: asyncio.Event = field(default_factory=asyncio.Event)
     publisher: asyncio.Task[None] | None = None
+    intake: list[_Intake] = field(default_factory=list)
+    intake_task: asyncio.Task[None] | None = None
     wake_publisher: asyncio.Event = field(default_factory=asyncio.Event)
 
     def staleness(self, base: int, limit: int) -> int | None:
@@ -177,6 +180,59 @@ class ModelRuntime:
 
     def is_ancestor(self, base: int) -> bool:
         return self.staleness(base, len(self.parents)) is not None
+
+
+@dataclass
+class _Intake:
+    """An upload waiting for the model's intake loop."""
+
+    req: UpdateRequest
+    assignment: OpenAssignment
+    expected: dict[str, tuple[int, ...]]
+    now: float
+    future: asyncio.Future[tuple[str, asyncio.Future[None]] | None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    tau: int = 0
+    weight: float = 0.0
+    round_id: str | None = None
+    round_deadline: float | None = None
+
+
+def _follow(first: asyncio.Future[Any], item: _Intake) -> None:
+    """Answer a same-key upload of the same batch like the first one."""
+    if item.future.done():
+        return
+    if first.cancelled():
+        item.future.cancel()
+    elif first.exception() is not None:
+        item.future.set_exception(first.exception())  # type: ignore[arg-type]
+    else:
+        item.future.set_result(None)  # resolved as a duplicate of the first
+
+
+def _decode_batch(
+    items: list[tuple[bytes, float, dict[str, tuple[int, ...]]]],
+    sums: dict[str, np.ndarray],
+    max_norm: float | None,
+    capacity: int,
+) -> list[str | None]:
+    """Sum frames into ``sums`` in order until ``capacity`` succeeded. Returns
+    one entry per processed item: None (summed) or the codec's error message.
+    Runs on the decode thread."""
+    outcomes: list[str | None] = []
+    accepted = 0
+    for body, weight, expected in items:
+        if accepted >= capacity:
+            break
+        try:
+            codec.accumulate(body, sums, weight, expected, max_norm)
+        except codec.CodecError as exc:
+            outcomes.append(str(exc))
+            continue
+        outcomes.append(None)
+        accepted += 1
+    return outcomes
 
 
 class AggregationService:
@@ -972,91 +1028,17 @@ class AggregationService:
                 )
             )
         base_manifest = await self._manifest(req.model, req.base_version)
-        async with rt.lock:
-            # Re-checked under the lock (memory only): a concurrent retry may have won.
-            if req.idempotency_key in rt.pending_keys or req.idempotency_key in rt.recent_keys:
-                dup = await self._duplicate(rt, req.idempotency_key)
-                if dup is not None:
-                    return dup
-            if req.assignment_id not in rt.open_assignments:
-                raise self._reject(
-                    conflict("assignment_used", "this assignment already has an accepted update")
-                )
-            tau = rt.staleness(req.base_version, cfg.max_staleness)
-            if tau is None:
-                raise self._reject(
-                    conflict(
-                        "stale_update",
-                        f"update base version {req.base_version} is not within {cfg.max_staleness} "
-                        f"versions of the training version {rt.training.version}",
-                    )
-                )
-            round_id = None
-            round_deadline = None
-            if cfg.mode is AggregationMode.SYNC:
-                r = rt.round
-                if r is None or r.closed or open_a.round_id != r.round_id:
-                    raise self._reject(
-                        conflict(
-                            "deadline_passed", "the round this assignment belonged to has closed"
-                        )
-                    )
-                round_id, round_deadline = r.round_id, r.deadline_at
-            weight = staleness_weight(req.examples, tau, cfg.staleness_exponent)
-            try:
-                await self._cpu_run(
-                    codec.accumulate,
-                    req.body,
-                    rt.buffer.sums,
-                    weight,
-                    codec.expected_for(base_manifest),
-                    cfg.max_update_norm,
-                )
-            except codec.CodecError as exc:
-                raise self._reject(unprocessable("bad_update", str(exc))) from exc
-            update_id = "up-" + secrets.token_hex(10)
-            header = {
-                "model": req.model,
-                "update_id": update_id,
-                "key": req.idempotency_key,
-                "device": req.device_id,
-                "assignment": req.assignment_id,
-                "base": req.base_version,
-                "tau": tau,
-                "weight": weight,
-                "examples": req.examples,
-                "t": now,
-                "round": round_id,
-                "round_deadline": round_deadline,
-            }
-            try:
-                _, end, durable = self.log.append(header, req.body)
-            except StorageError as exc:
-                # The sum now holds an update that is not logged: only a restart
-                # (which rebuilds from the log) makes the buffer trustworthy again.
-                log.critical("update log unusable, restart required: %s", exc)
-                raise ApiError(503, "storage_unavailable", str(exc)) from exc
-            rt.buffer.record(
-                weight=weight,
-                tau=tau,
-                device=req.device_id,
-                key=req.idempotency_key,
-                update_id=update_id,
-                assignment=req.assignment_id,
-                end_offset=end,
-            )
-            rt.buffer.durable = durable
-            rt.pending_keys[req.idempotency_key] = (update_id, durable)
-            del rt.open_assignments[req.assignment_id]
-            self.metrics.staleness.observe(tau)
-            if cfg.mode is AggregationMode.SYNC and rt.round is not None:
-                rt.round.reported += 1
-                if rt.round.reported >= cfg.clients_per_round:
-                    rt.round.closed = True
-                    self._seal(rt)
-                    rt.round = None
-            elif cfg.mode is AggregationMode.ASYNC and rt.buffer.count >= cfg.buffer_size:
-                self._seal(rt)
+        item = _Intake(req, open_a, codec.expected_for(base_manifest), now)
+        rt.intake.append(item)
+        if rt.intake_task is None or rt.intake_task.done():
+            rt.intake_task = self._spawn(self._intake_loop(rt))
+        outcome = await item.future
+        if outcome is None:  # a retry of a key accepted meanwhile
+            dup = await self._duplicate(rt, req.idempotency_key)
+            if dup is None:  # pragma: no cover - the key was seen in memory a moment ago
+                raise ApiError(503, "storage_unavailable", "idempotency record vanished")
+            return dup
+        update_id, durable = outcome
         try:
             await asyncio.shield(durable)
         except StorageError as exc:
@@ -1067,6 +1049,165 @@ class AggregationService:
         self.metrics.updates_accepted.inc(req.model)
         self.metrics.ack_seconds.observe(time.perf_counter() - started)
         return UpdateReceipt(update_id, False)
+
+    # --- the intake: group decoding -----------------------------------------------------
+
+    async def _intake_loop(self, rt: ModelRuntime) -> None:
+        """Fold queued uploads into the buffer in batches: one thread hop per
+        batch instead of one per update (like the log's group commit), under
+        the model's lock so that summation order is log order."""
+        while rt.intake:
+            async with rt.lock:
+                batch, rt.intake = rt.intake, []
+                try:
+                    await self._process_batch(rt, batch)
+                except BaseException as exc:
+                    for item in batch:
+                        if not item.future.done():
+                            item.future.set_exception(exc)
+                    raise
+
+    def _admit(
+        self,
+        rt: ModelRuntime,
+        item: _Intake,
+        batch_keys: dict[str, _Intake],
+        batch_assignments: set[str],
+    ) -> bool:
+        """Checks that depend on the buffer's state; False if the item was answered."""
+        req, cfg = item.req, rt.config
+        key = req.idempotency_key
+        first = batch_keys.get(key)
+        if first is not None:  # the same key twice in one batch: answer like the first
+            first.future.add_done_callback(functools.partial(_follow, item=item))
+            return False
+        if key in rt.pending_keys or key in rt.recent_keys:
+            item.future.set_result(None)
+            return False
+        if req.assignment_id not in rt.open_assignments or req.assignment_id in batch_assignments:
+            item.future.set_exception(
+                self._reject(
+                    conflict("assignment_used", "this assignment already has an accepted update")
+                )
+            )
+            return False
+        tau = rt.staleness(req.base_version, cfg.max_staleness)
+        if tau is None:
+            item.future.set_exception(
+                self._reject(
+                    conflict(
+                        "stale_update",
+                        f"update base version {req.base_version} is not within {cfg.max_staleness} "
+                        f"versions of the training version {rt.training.version}",
+                    )
+                )
+            )
+            return False
+        if cfg.mode is AggregationMode.SYNC:
+            r = rt.round
+            if r is None or r.closed or item.assignment.round_id != r.round_id:
+                item.future.set_exception(
+                    self._reject(
+                        conflict(
+                            "deadline_passed", "the round this assignment belonged to has closed"
+                        )
+                    )
+                )
+                return False
+            item.round_id, item.round_deadline = r.round_id, r.deadline_at
+        item.tau = tau
+        item.weight = staleness_weight(req.examples, tau, cfg.staleness_exponent)
+        batch_keys[key] = item
+        batch_assignments.add(req.assignment_id)
+        return True
+
+    def _capacity(self, rt: ModelRuntime) -> int:
+        cfg = rt.config
+        if cfg.mode is AggregationMode.SYNC:
+            reported = rt.round.reported if rt.round is not None else 0
+            return max(1, cfg.clients_per_round - reported)
+        return max(1, cfg.buffer_size - rt.buffer.count)
+
+    async def _process_batch(self, rt: ModelRuntime, batch: list[_Intake]) -> None:
+        keys: dict[str, _Intake] = {}
+        assignments: set[str] = set()
+        todo = [item for item in batch if self._admit(rt, item, keys, assignments)]
+        max_norm = rt.config.max_update_norm
+        while todo:
+            if rt.config.mode is AggregationMode.SYNC and (rt.round is None or rt.round.closed):
+                for item in todo:  # the round closed with an earlier part of this batch
+                    item.future.set_exception(
+                        self._reject(
+                            conflict(
+                                "deadline_passed",
+                                "the round this assignment belonged to has closed",
+                            )
+                        )
+                    )
+                return
+            sums = rt.buffer.sums
+            errors: list[str | None] = await self._cpu_run(
+                _decode_batch,
+                [(i.req.body, i.weight, i.expected) for i in todo],
+                sums,
+                max_norm,
+                self._capacity(rt),
+            )
+            for item, error in zip(todo, errors, strict=False):
+                if error is not None:
+                    item.future.set_exception(self._reject(unprocessable("bad_update", error)))
+                else:
+                    self._book(rt, item)
+            todo = todo[len(errors) :]
+
+    def _book(self, rt: ModelRuntime, item: _Intake) -> None:
+        """Log an update already summed into the open buffer, and seal if complete."""
+        req, cfg = item.req, rt.config
+        update_id = "up-" + secrets.token_hex(10)
+        header = {
+            "model": req.model,
+            "update_id": update_id,
+            "key": req.idempotency_key,
+            "device": req.device_id,
+            "assignment": req.assignment_id,
+            "base": req.base_version,
+            "tau": item.tau,
+            "weight": item.weight,
+            "examples": req.examples,
+            "t": item.now,
+            "round": item.round_id,
+            "round_deadline": item.round_deadline,
+        }
+        try:
+            _, end, durable = self.log.append(header, req.body)
+        except StorageError as exc:
+            # The sum now holds an update that is not logged: only a restart
+            # (which rebuilds from the log) makes the buffer trustworthy again.
+            log.critical("update log unusable, restart required: %s", exc)
+            item.future.set_exception(ApiError(503, "storage_unavailable", str(exc)))
+            return
+        rt.buffer.record(
+            weight=item.weight,
+            tau=item.tau,
+            device=req.device_id,
+            key=req.idempotency_key,
+            update_id=update_id,
+            assignment=req.assignment_id,
+            end_offset=end,
+        )
+        rt.buffer.durable = durable
+        rt.pending_keys[req.idempotency_key] = (update_id, durable)
+        del rt.open_assignments[req.assignment_id]
+        self.metrics.staleness.observe(item.tau)
+        item.future.set_result((update_id, durable))
+        if cfg.mode is AggregationMode.SYNC and rt.round is not None:
+            rt.round.reported += 1
+            if rt.round.reported >= cfg.clients_per_round:
+                rt.round.closed = True
+                self._seal(rt)
+                rt.round = None
+        elif cfg.mode is AggregationMode.ASYNC and rt.buffer.count >= cfg.buffer_size:
+            self._seal(rt)
 
     async def _duplicate(self, rt: ModelRuntime, key: str) -> UpdateReceipt | None:
         recent = rt.recent_keys.get(key)
