@@ -823,7 +823,9 @@ class AggregationService:
         return expected is not None and hmac.compare_digest(token.encode(), expected.encode())
 
     async def checkin(self, device_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        name = body["model"]
+        name = body.get("model")
+        if not isinstance(name, str):
+            raise bad_request("bad_field", "field 'model' must be a string")
         rt = self.runtime(name)
         cfg = rt.config
         eligible = bool(body.get("eligible", False))

@@ -230,3 +230,25 @@ async def test_metrics_health_and_openapi(make_env: EnvFactory) -> None:
     assert served == documented
     for resource in env.client.app.router.resources():
         assert resource.canonical in doc["paths"], resource.canonical
+
+
+async def test_concurrent_retries_and_racing_uploads_count_once(make_env: EnvFactory) -> None:
+    import asyncio
+
+    env = await make_env(buffer_size=10)
+    a, b = await env.enroll(2)
+    plan_a, plan_b = await env.plan(a), await env.plan(b)
+    body = frame(_delta(0.2))
+    # Five copies of one upload at once (a device retrying aggressively) …
+    same_key = await asyncio.gather(
+        *(env.upload(a, plan_a, body, key="same-key-0001") for _ in range(5))
+    )
+    assert [s for s, _ in same_key] == [202] * 5
+    assert sum(not r["duplicate"] for _, r in same_key) == 1
+    assert len({r["update_id"] for _, r in same_key}) == 1
+    # … and three different keys racing for one assignment: exactly one wins.
+    racing = await asyncio.gather(
+        *(env.upload(b, plan_b, body, key=f"race-key-000{i}") for i in range(3))
+    )
+    assert sorted(s for s, _ in racing) == [202, 409, 409]
+    assert env.service.runtime("m").buffer.count == 2
