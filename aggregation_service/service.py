@@ -145,6 +145,7 @@ class ModelRuntime:
     name: str
     config: TrainingConfig
     paused: bool
+    live_version: int | None
     training: VersionRow
     manifest: Manifest
     weights: dict[str, np.ndarray]
@@ -366,6 +367,7 @@ class AggregationService:
             name=row.name,
             config=config,
             paused=row.paused,
+            live_version=row.live_version,
             training=training,
             manifest=manifest,
             weights=weights,
@@ -660,6 +662,7 @@ class AggregationService:
         await self.store.run(
             self.store.set_model_fields, name, live_version=version, previous_live=row.live_version
         )
+        rt.live_version = version
         log.info("model %s: version %d promoted (was %s)", name, version, row.live_version)
         return {"model": rt.name, "live_version": version, "previous_live": row.live_version}
 
@@ -701,6 +704,7 @@ class AggregationService:
             rt.checkpoint = checkpoint
             rt.round = None
         log.warning("model %s: rolled back to version %d", name, target)
+        rt.live_version = target
         return {"model": name, "live_version": target, "training_version": target}
 
     async def set_paused(self, name: str, paused: bool) -> dict[str, Any]:
@@ -838,7 +842,12 @@ class AggregationService:
 
         def wait(reason: str, retry_after: float) -> dict[str, Any]:
             self.metrics.checkins.inc("wait", reason)
-            return {"action": "wait", "retry_after": round(retry_after, 3), "reason": reason}
+            return {
+                "action": "wait",
+                "retry_after": round(retry_after, 3),
+                "reason": reason,
+                "live_version": rt.live_version,
+            }
 
         jitter = self.rng.uniform(0.5, 1.5)
         if rt.paused:
@@ -900,6 +909,7 @@ class AggregationService:
         self.metrics.checkins.inc("train", "")
         return {
             "action": "train",
+            "live_version": rt.live_version,
             "plan": {
                 "assignment_id": assignment.assignment_id,
                 "model": name,

@@ -66,6 +66,7 @@ async def test_promote_rollback_pause_resume(make_env: EnvFactory) -> None:
     assert await r.json() == {"model": "m", "live_version": 1, "training_version": 1}
     plan = await env.plan(devices[0])
     assert plan["version"] == 1
+    assert (await env.checkin(devices[2]))["live_version"] == 1
     r = await env.client.post("/v1/models/m/pause", headers=env.op)
     assert (await r.json())["paused"] is True
     answer = await env.checkin(devices[1])
