@@ -33,7 +33,6 @@ import hmac
 import io
 import json
 import logging
-import math
 import random
 import secrets
 import time
@@ -1425,6 +1424,3 @@ class AggregationService:
             "log_end": self.log.end,
         }
 
-
-def finite_or_none(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None

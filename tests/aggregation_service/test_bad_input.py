@@ -330,3 +330,18 @@ async def test_eval_data_mistakes(make_env: EnvFactory) -> None:
     np.savez(buf, x=np.zeros((5, 4), np.float32), y=np.zeros(5, np.int32))
     r = await c.put(url, data=buf.getvalue(), headers=octet)
     assert r.status == 200 and (await r.json())["examples"] == 5
+
+
+async def test_a_bug_is_a_logged_500_with_code_internal(
+    make_env: EnvFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    env = await make_env()
+
+    def broken() -> dict[str, Any]:
+        raise KeyError("a bug")
+
+    env.service.health = broken  # type: ignore[method-assign]
+    r = await env.client.get("/healthz")
+    assert await _error(r) == (500, "internal")
+    assert "a bug" not in (await r.text())  # no internals leak to the client
+    assert any("internal error on GET /healthz" in rec.message for rec in caplog.records)
