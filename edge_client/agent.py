@@ -403,6 +403,11 @@ class Agent:
             return self._result(
                 ERROR, self._backoff_wait(), version=plan.version, detail=f"training: {exc}"
             )
+        except BaseException:
+            # Shutdown (cancellation) or a bug: never leave a worker behind.
+            if session is not None:
+                await asyncio.shield(session.abort())
+            raise
         return trained, examples, batches, losses, self.clock.monotonic() - started
 
     async def _encode_and_queue(
@@ -494,11 +499,21 @@ class Agent:
         stop = stop or asyncio.Event()
         await self.start()
         while not stop.is_set():
+            # The cycle runs as a task so a stop request (SIGTERM) cancels it at
+            # once, even mid-training; every state file is atomic, so a
+            # cancelled cycle leaves nothing half-written.
+            cycle = asyncio.ensure_future(self.run_cycle())
+            stopper = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({cycle, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            if not cycle.done():
+                cycle.cancel()
+                await asyncio.gather(cycle, return_exceptions=True)
+                break
             try:
-                result = await self.run_cycle()
-                wait = result.wait_s
+                wait = cycle.result().wait_s
             except Exception as exc:  # never a crash loop: log, back off, carry on
-                log.exception("unexpected error in the agent cycle: %s", exc)
+                log.error("unexpected error in the agent cycle: %r", exc, exc_info=exc)
                 if self.lifecycle.state not in (S.BACKING_OFF, S.STOPPED):
                     self._to(S.BACKING_OFF, f"unexpected {type(exc).__name__}")
                 wait = self._backoff_wait()

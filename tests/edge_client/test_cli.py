@@ -169,3 +169,27 @@ async def test_install_service_writes_a_restarting_unit(
                                  env={"XDG_CONFIG_HOME": str(tmp_path / "xdg")})
     assert code == 0, err
     assert (tmp_path / "xdg/systemd/user/fedge-agent.service").exists()
+
+
+async def test_sigterm_stops_a_running_agent_cleanly(
+    service: LiveService, tmp_path: Path, digits_dir: Path
+) -> None:
+    config = await init(service, tmp_path, digits_dir)
+    data = yaml.safe_load(config.read_text())
+    data["policy"].update({"max_cpu_load": 1.0, "unmetered_only": False})
+    config.write_text(yaml.safe_dump(data))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "fedge", "agent", "run", "--config", str(config), cwd=REPO,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    status_file = tmp_path / "state" / "status.json"
+    for _ in range(600):  # wait (in real time) until the first cycle is over
+        if status_file.exists() and json.loads(status_file.read_text()).get("last_results"):
+            break
+        await asyncio.sleep(0.1)
+    proc.terminate()
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+    status = json.loads(status_file.read_text())
+    assert status["state"] == "stopped"
+    assert status["last_results"][0]["outcome"] == "uploaded"

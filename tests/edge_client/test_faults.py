@@ -387,3 +387,35 @@ async def test_truncated_download_resumes_with_range(tmp_path: Path) -> None:
     assert ranges == [None, f"bytes={partial}-"]
     await cache.client.transport.close()
     await server.close()
+
+
+async def test_unexpected_error_is_logged_and_backed_off_not_a_crash_loop(
+    make_agent: AgentFactory, service: LiveService, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = ManualClock()
+    calls = {"n": 0}
+
+    def schedule(now: float) -> DeviceState:
+        calls["n"] += 1
+        if calls["n"] <= 2:
+            raise RuntimeError("a provider bug")
+        return ALWAYS_ELIGIBLE
+
+    agent = await make_agent(clock=clock, provider=SimulatedStateProvider(schedule, clock))
+    stop = asyncio.Event()
+    original = agent.run_cycle
+
+    async def until_uploaded() -> object:
+        result = await original()
+        if result.outcome == UPLOADED:
+            stop.set()
+        return result
+
+    agent.run_cycle = until_uploaded  # type: ignore[method-assign]
+    with caplog.at_level(logging.ERROR, logger="edge_client"):
+        await drive(clock, agent.run_forever(stop))
+    assert sum("a provider bug" in r.getMessage() for r in caplog.records) == 2
+    backoffs = [why for _, new, why in agent.lifecycle.history if new is AgentState.BACKING_OFF]
+    assert backoffs == ["unexpected RuntimeError"] * 2
+    assert agent.results[-1].outcome == UPLOADED
+    await agent.close()
