@@ -269,6 +269,4 @@ def load_fleet(path: Path | str) -> FleetSpec:
 
 
 def builtin_fleet(name: str) -> Path:
-    from importlib import resources  # noqa: PLC0415
-
-    return Path(str(resources.files("device_profiles") / "fleets" / f"{name}.yaml"))
+    return Path(__file__).parent / "fleets" / f"{name}.yaml"

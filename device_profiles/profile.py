@@ -12,7 +12,6 @@ import enum
 import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -218,12 +217,10 @@ def load_profile(path: Path | str) -> DeviceProfile:
 @functools.cache
 def builtin_profiles() -> Mapping[str, DeviceProfile]:
     """The profiles shipped in the package, by name."""
-    folder = resources.files("device_profiles") / "profiles"
     found: dict[str, DeviceProfile] = {}
-    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
-        if entry.name.endswith(".yaml"):
-            profile = load_profile(Path(str(entry)))
-            found[profile.name] = profile
+    for entry in sorted((Path(__file__).parent / "profiles").glob("*.yaml")):
+        profile = load_profile(entry)
+        found[profile.name] = profile
     return found
 
 

@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "model_export.cli",
     "aggregation_service.cli",
     "edge_client.cli",
+    "device_profiles.cli",
     "quantization.cli",
     "privacy.cli",
 )

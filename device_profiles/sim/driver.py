@@ -23,16 +23,107 @@ falls back to yielding a fixed number of times, which is correct but slower.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import concurrent.futures
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from fedge.clock import ManualClock
 
 # Without access to the ready queue, yield this many times before deciding
 # the loop is idle. Chains of awaits inside aiohttp are far shorter.
 _FALLBACK_YIELDS = 64
-# Real seconds to wait while a request or executor job is in progress.
-_BUSY_POLL_S = 0.0002
+
+
+class Activity:
+    """A count of jobs in progress with an event for "none left", so waiting
+    for real work (a thread, a request) is a blocked await, not a poll."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle: asyncio.Event | None = None
+
+    def begin(self) -> None:
+        self.count += 1
+        if self._idle is not None:
+            self._idle.clear()
+
+    def end(self) -> None:
+        self.count -= 1
+        if self.count == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        if self.count == 0:
+            return
+        if self._idle is None:
+            self._idle = asyncio.Event()
+        await self._idle.wait()
+
+
+class SimEventLoop(asyncio.SelectorEventLoop):
+    """The simulator's event loop: executor jobs run inline.
+
+    The service hands SQLite, log writes, decoding and evaluation to thread
+    executors so that a real server's loop never blocks. In a simulation
+    nothing else needs the loop while such a job runs (virtual time stands
+    still), so running the job inline on the loop thread is equivalent — and
+    it makes the order of every job deterministic and removes a thread
+    hand-off (which costs milliseconds on a busy 2-core machine) per job.
+    ``run_in_executor`` is a public, overridable method, so every caller is
+    covered. ``jobs`` counts other real work the simulator awaits (Ray).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.jobs = Activity()
+        self.inline_jobs = 0
+
+    def run_in_executor(  # type: ignore[override]
+        self, executor: concurrent.futures.Executor | None, func: Callable[..., Any], *args: Any
+    ) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = self.create_future()
+        self.inline_jobs += 1
+        try:
+            future.set_result(func(*args))
+        except BaseException as exc:  # delivered to the awaiting caller, as a thread would
+            future.set_exception(exc)
+        return future
+
+
+def loop_jobs() -> Activity | None:
+    loop = asyncio.get_running_loop()
+    return loop.jobs if isinstance(loop, SimEventLoop) else None
+
+
+async def quiesce(activities: Sequence[Activity], stats: DriverStats | None = None) -> None:
+    """Yield to the loop until no other callback is ready and no activity has
+    jobs in progress. Jobs are awaited through their idle event (a blocked
+    task is not in the ready queue, so two tasks quiescing at once never keep
+    each other awake), and a finishing thread wakes the loop at once."""
+    loop = asyncio.get_running_loop()
+    ready = getattr(loop, "_ready", None)
+    idle_rounds = 0
+    while True:
+        pending = next((a for a in activities if a.count), None)
+        if pending is not None:
+            idle_rounds = 0
+            await pending.wait_idle()
+            continue
+        await asyncio.sleep(0)
+        if stats is not None:
+            stats.settle_yields += 1
+        if ready is not None:
+            # Our own wake-up is not in the queue while we run, so an empty
+            # queue means every other task is blocked. Two consecutive empty
+            # checks: a future's done-callbacks land one loop turn later.
+            idle_rounds = idle_rounds + 1 if not ready else 0
+            if idle_rounds >= 2:
+                return
+        else:
+            idle_rounds += 1
+            if idle_rounds >= _FALLBACK_YIELDS:
+                return
 
 
 @dataclass
@@ -45,37 +136,19 @@ class DriverStats:
 class VirtualTimeDriver:
     """Runs the loop's tasks against ``clock`` until a virtual deadline."""
 
-    def __init__(self, clock: ManualClock, *, busy: Callable[[], bool] = lambda: False) -> None:
+    def __init__(self, clock: ManualClock, *, activities: Sequence[Activity] = ()) -> None:
         self.clock = clock
-        self.busy = busy  # True while something outside the loop's queue is in progress
+        self.activities = list(activities)  # real work in progress outside the ready queue
         self.stats = DriverStats()
 
+    def _all(self) -> list[Activity]:
+        jobs = loop_jobs()
+        return [*self.activities, *([jobs] if jobs is not None else [])]
+
     async def settle(self) -> None:
-        loop = asyncio.get_running_loop()
-        ready = getattr(loop, "_ready", None)
-        idle_rounds = 0
-        while True:
-            await asyncio.sleep(0)
-            self.stats.settle_yields += 1
-            if self.busy():
-                idle_rounds = 0
-                await asyncio.sleep(_BUSY_POLL_S)
-                continue
-            if ready is not None:
-                # Our own wake-up is not in the queue while we run, so an
-                # empty queue means every other task is blocked.
-                if not ready:
-                    # Two consecutive empty checks: a callback scheduled by
-                    # call_soon from a finishing future lands one turn later.
-                    idle_rounds += 1
-                    if idle_rounds >= 2:
-                        return
-                else:
-                    idle_rounds = 0
-            else:
-                idle_rounds += 1
-                if idle_rounds >= _FALLBACK_YIELDS:
-                    return
+        """Return once every other task is blocked on something only virtual
+        time can release (a clock sleep) or on an event nobody will set."""
+        await quiesce(self._all(), self.stats)
 
     async def run_until(
         self, end: float, *, on_step: Callable[[float], None] | None = None

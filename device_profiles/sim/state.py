@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable
 
 from device_profiles.device import SimDevice
+from edge_client.eligibility.state import DeviceState
 
 # Idle spells are looked back at most this many slots when computing
 # idle_seconds (enough for any min_idle_minutes a policy would use).
@@ -37,11 +38,9 @@ def idle_seconds(device: SimDevice, utc_s: float) -> float:
     return local_s - spell_start
 
 
-def schedule(device: SimDevice, epoch_offset_s: float) -> Callable[[float], object]:
+def schedule(device: SimDevice, epoch_offset_s: float) -> Callable[[float], DeviceState]:
     """``monotonic seconds -> edge_client DeviceState``; ``epoch_offset_s`` maps
     the clock's monotonic 0 to UTC seconds."""
-    from edge_client.eligibility.state import DeviceState  # noqa: PLC0415 — optional dep
-
     def state(now: float) -> DeviceState:
         utc = epoch_offset_s + now
         snap = device.snapshot(utc)

@@ -17,7 +17,7 @@ bandwidth (virtual time charged on the clock), a loss rate, and byte counters.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from unittest import mock
@@ -28,6 +28,7 @@ from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict
 
 from device_profiles.device import SimDevice, hash_uniform
+from device_profiles.sim.driver import Activity
 from fedge.clock import Clock
 from fedge.transport import Response, Transport, TransportError
 
@@ -74,12 +75,28 @@ class InProcessTransport:
     service sees concurrent requests deterministic, and costs no virtual time.
     """
 
-    def __init__(self, app: web.Application, *, headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        app: web.Application,
+        *,
+        headers: Mapping[str, str] | None = None,
+        quiesce: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.app = app
         self.headers = dict(headers or {})
+        # Awaited before each request: lets the service's background work
+        # (publishing a version, evaluating it) finish first, so whether an
+        # upload sees version N or N+1 does not depend on thread timing.
+        self.quiesce = quiesce
         self._lock = asyncio.Lock()
+        # aiohttp's defaults for the limits its multipart reader takes from the
+        # protocol; one mock for all requests (building mocks is slow).
+        self._protocol: Any = mock.Mock(_reading_paused=False, max_field_size=8190,
+                                        max_headers=128, max_line_size=8190,
+                                        max_line_length=8190)
+        self._transport: Any = None
         self.requests = 0
-        self.in_flight = 0
+        self.in_flight = Activity()  # requests inside this transport (queued or served)
 
     async def request(
         self,
@@ -89,13 +106,15 @@ class InProcessTransport:
         headers: Mapping[str, str] | None = None,
         body: bytes | None = None,
     ) -> Response:
-        self.in_flight += 1
+        self.in_flight.begin()
         try:
             async with self._lock:
+                if self.quiesce is not None:
+                    await self.quiesce()
                 self.requests += 1
                 return await self._dispatch(method, path, headers, body)
         finally:
-            self.in_flight -= 1
+            self.in_flight.end()
 
     async def _dispatch(
         self, method: str, path: str, headers: Mapping[str, str] | None, body: bytes | None
@@ -106,7 +125,7 @@ class InProcessTransport:
         data = body or b""
         hdrs["Content-Length"] = str(len(data))
         hdrs.setdefault("Host", "fedge.simulated")
-        protocol: Any = mock.Mock(_reading_paused=False)
+        protocol = self._protocol
         payload = streams.StreamReader(protocol, 2**16, loop=loop)
         if data:
             payload.feed_data(data)

@@ -1,0 +1,77 @@
+"""``fedge simulate`` and ``fedge demo``. Heavy imports stay inside the commands."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from device_profiles.errors import SimulationError
+
+
+def register(subparsers: Any) -> None:
+    sim = subparsers.add_parser(
+        "simulate", help="simulate a device fleet against the real service on a virtual clock",
+        description="Run real fedge agents (one per simulated device) against the real "
+                    "aggregation service on a virtual clock; training is real TFLite.",
+    )
+    sim.add_argument("fleet", type=Path, help="fleet YAML (see docs/simulation.md)")
+    sim.add_argument("--out", type=Path, required=True, help="report directory")
+    sim.add_argument("--compare", action="store_true",
+                     help="run async (FedBuff) and sync rounds on the same fleet and seed")
+    sim.add_argument("--mode", choices=["async", "sync"], help="override the fleet's server.mode")
+    sim.add_argument("--server", metavar="URL",
+                     help="use a running `fedge serve` over HTTP instead of the in-process app")
+    sim.add_argument("--token", help="operator token for --server (default: FEDGE_OPERATOR_TOKEN)")
+    sim.add_argument("--ray", action="store_true", help="train on local Ray workers")
+    sim.add_argument("--ray-address", help="train on a Ray cluster at this address")
+    sim.add_argument("--model-dir", type=Path, help="use this export instead of exporting")
+    sim.add_argument("--workdir", type=Path, help="keep the run's service and device state here")
+    sim.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sim.set_defaults(func=run_simulate)
+
+    demo = subparsers.add_parser(
+        "demo", help="a mixed fleet of a few hundred devices learning digits (a few minutes)",
+    )
+    demo.add_argument("--out", type=Path, help="report directory (default: a temporary one)")
+    demo.add_argument("--devices", type=int, help="fleet size (default: the demo fleet's)")
+    demo.add_argument("--hours", type=float, help="virtual hours (default: the demo fleet's)")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bar")
+    demo.set_defaults(func=run_demo)
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    from device_profiles.fleet import load_fleet  # noqa: PLC0415
+    from device_profiles.sim.runner import SimOptions  # noqa: PLC0415
+    from device_profiles.simulate import simulate  # noqa: PLC0415
+
+    fleet = load_fleet(args.fleet)
+    if args.server and (args.ray or args.ray_address):
+        raise SimulationError("--server and --ray cannot be combined")
+    token = args.token or os.environ.get("FEDGE_OPERATOR_TOKEN")
+    if args.server and not token:
+        raise SimulationError("--server needs an operator token (--token or FEDGE_OPERATOR_TOKEN)")
+    if args.model_dir is not None and not (args.model_dir / "manifest.json").is_file():
+        raise SimulationError(f"--model-dir {args.model_dir}: no manifest.json (a `fedge export` "
+                              "directory is expected)")
+    options = SimOptions(
+        out=args.out, compare=args.compare, mode=args.mode, server_url=args.server,
+        operator_token=token, ray=args.ray, ray_address=args.ray_address,
+        progress=not args.no_progress, workdir=args.workdir, model_dir=args.model_dir,
+    )
+    report = simulate(fleet, options)
+    print(report.summary.read_text(encoding="utf-8"))
+    print(f"report: {report.summary}")
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from device_profiles.demo import demo  # noqa: PLC0415
+
+    if args.devices is not None and args.devices < 1:
+        raise SimulationError("--devices: expected a positive number of devices")
+    if args.hours is not None and not 0 < args.hours <= 24 * 30:
+        raise SimulationError("--hours: expected virtual hours in (0, 720]")
+    return demo(out=args.out, devices=args.devices, hours=args.hours,
+                progress=not args.no_progress)
