@@ -290,7 +290,7 @@ class Agent:
         self._to(S.DOWNLOADING, f"version {plan.version} ({plan.assignment_id})")
         try:
             model = await self._download(plan)
-        except (TransportError, AgentError) as exc:
+        except (TransportError, AgentError, OSError) as exc:
             wait = self._backoff_wait(_retry_floor(exc))
             self._to(S.BACKING_OFF, f"download failed: {exc}")
             return self._result(ERROR, wait, version=plan.version, detail=f"download: {exc}")

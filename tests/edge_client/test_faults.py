@@ -419,3 +419,44 @@ async def test_unexpected_error_is_logged_and_backed_off_not_a_crash_loop(
     assert backoffs == ["unexpected RuntimeError"] * 2
     assert agent.results[-1].outcome == UPLOADED
     await agent.close()
+
+
+async def test_checkin_honours_the_servers_retry_after(
+    make_agent: AgentFactory, service: LiveService
+) -> None:
+    clock = ManualClock()
+    stack = Stack(clock)
+    agent = await make_agent(clock=clock, transport=stack)
+    assert stack.faulty is not None
+    wait = b'{"action": "wait", "retry_after": 500, "reason": "pace_steering"}'
+    stack.faulty.add(CHECKIN, status(200, body=wait))
+    result = await drive(clock, agent.run_cycle())
+    assert result.outcome == PACED and result.wait_s == 500
+    clock.advance(200)
+    result = await drive(clock, agent.run_cycle())
+    assert result.outcome == PACED and result.wait_s == 60  # re-checks, does not check in
+    assert len(stack.sent(CHECKIN)) == 1
+    clock.advance(301)
+    result = await drive(clock, agent.run_cycle())
+    assert result.outcome == UPLOADED and len(stack.sent(CHECKIN)) == 2
+    await agent.close()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"action": "wait"}', b'{"action": "wait", "retry_after": -1}',
+     b'{"action": "dance"}', b'{"action": "train", "plan": {"model": "digits"}}', b"[]"],
+    ids=["no-retry-after", "negative", "unknown-action", "plan-missing-fields", "not-object"],
+)
+async def test_malformed_checkin_answers_are_errors_not_crashes(
+    make_agent: AgentFactory, service: LiveService, body: bytes
+) -> None:
+    clock = ManualClock()
+    stack = Stack(clock)
+    agent = await make_agent(clock=clock, transport=stack)
+    assert stack.faulty is not None
+    stack.faulty.add(CHECKIN, status(200, body=body))
+    result = await drive(clock, agent.run_cycle())
+    assert result.outcome == ERROR and "check-in" in result.detail
+    assert AgentState.DOWNLOADING not in [s for _, s, _ in agent.lifecycle.history]
+    await agent.close()
