@@ -460,3 +460,31 @@ async def test_malformed_checkin_answers_are_errors_not_crashes(
     assert result.outcome == ERROR and "check-in" in result.detail
     assert AgentState.DOWNLOADING not in [s for _, s, _ in agent.lifecycle.history]
     await agent.close()
+
+
+async def test_deadline_stops_training_early_and_reports_examples_done(
+    make_agent: AgentFactory, service: LiveService
+) -> None:
+    clock = ManualClock()
+
+    def short_deadline(resp: Response | None) -> Response:
+        assert resp is not None
+        answer = json.loads(resp.body)
+        answer["plan"]["deadline_s"] = 5.0  # minus a 10 % margin for the upload: 4.5 s
+        return Response(resp.status, json.dumps(answer).encode(), resp.headers)
+
+    def slow_device(now: float) -> DeviceState:
+        clock.advance(1.0)  # every eligibility check (one per batch) costs a virtual second
+        return ALWAYS_ELIGIBLE
+
+    stack = Stack(clock)
+    agent = await make_agent(clock=clock, transport=stack,
+                             provider=SimulatedStateProvider(slow_device, clock))
+    assert stack.faulty is not None
+    stack.faulty.add(CHECKIN, short_deadline, after=True)
+    result = await drive(clock, agent.run_cycle())
+    assert result.outcome == UPLOADED, result
+    assert 0 < result.examples < 256 and result.examples == 32 * result.batches
+    [headers] = stack.sent(UPDATES)
+    assert headers["Fedge-Examples"] == str(result.examples)
+    await agent.close()
