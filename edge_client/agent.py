@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import time as _time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -541,7 +540,3 @@ def _retry_floor(exc: BaseException) -> float:
     if isinstance(exc, ServerError) and exc.retry_after is not None:
         return exc.retry_after
     return 0.0
-
-
-def wall_time_text(ts: float) -> str:
-    return _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(ts))
