@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +38,8 @@ def convert(module: Any, signatures: dict[str, Any], scratch: Path | None = None
             content: bytes = converter.convert()
         except Exception as exc:  # the converter raises ConverterError, RuntimeError …
             text = str(exc)
-            ops = sorted({line.split("tf.")[1].split(" ")[0].split("(")[0].rstrip(",;:")
-                          for line in text.splitlines() if "tf." in line})
+            ops = sorted(set(re.findall(r"'tf\.(\w+)' op is neither a custom op nor a flex op",
+                                        text)))
             hint = f" (TensorFlow ops without a builtin: {', '.join(ops)})" if ops else ""
             raise ConversionError(f"the TFLite converter failed{hint}: {text[-2000:]}") from exc
     return content

@@ -64,27 +64,32 @@ class Conv:
     ) -> tuple[Tensor, Cache]:
         x, (h, w, c) = _to_2d(inputs[0], self.rank)
         geo = self.geometry(h, w)
-        cols = geo.patches(geo.pad(x))
-        k = len(cols)
+        xp = geo.pad(x)
         filters = self.kernel.shape[-1]
-        patches = tf.reshape(cols[0] if k == 1 else tf.concat(cols, axis=3), [-1, k * c])
-        kernel = tf.reshape(params[0], [k * c, filters])
-        y = tf.matmul(patches, kernel)
+        kh, kw = self.window
+        # The builtin CONV_2D accepts a non-constant (variable) filter.
+        kernel = tf.reshape(params[0], [kh, kw, c, filters])
+        sh, sw = self.strides
+        y = tf.nn.conv2d(xp, kernel, strides=[1, sh, sw, 1], padding="VALID")
         if self.bias is not None:
             y = tf.nn.bias_add(y, params[1])
-        ho, wo = geo.out
-        y = tf.reshape(y, [-1, ho, wo, filters])
-        return _from_2d(y, self.rank, (1, wo, filters)), (patches, geo, c)
+        wo = geo.out[1]
+        return _from_2d(y, self.rank, (1, wo, filters)), (xp, geo, c)
 
     def backward(
         self, params: Sequence[Tensor], cache: Cache, dy: Tensor, need_dx: bool
     ) -> Grads:
-        patches, geo, c = cache
+        xp, geo, c = cache
         k = len(geo.offsets)
         filters = self.kernel.shape[-1]
+        ho, wo = geo.out
         dy2 = tf.reshape(dy, [-1, filters])
         dparams: list[Tensor | None] = [None] * len(self.params())
         if self.trainable:
+            # dW = patchesᵀ·dy, with the K shifted views of the padded input
+            # concatenated along channels (the forward pass used CONV_2D).
+            cols = geo.patches(xp)
+            patches = tf.reshape(cols[0] if k == 1 else tf.concat(cols, axis=3), [-1, k * c])
             dparams[0] = tf.reshape(
                 tf.matmul(patches, dy2, transpose_a=True), self.kernel.shape
             )
@@ -94,7 +99,6 @@ class Conv:
         if need_dx:
             kernel = tf.reshape(params[0], [k * c, filters])
             dpatches = tf.matmul(dy2, kernel, transpose_b=True)
-            ho, wo = geo.out
             dpatches = tf.reshape(dpatches, [-1, ho, wo, k * c])
             grads = [dpatches] if k == 1 else tf.split(dpatches, k, axis=3)
             dx = _from_2d(geo.col2im(list(grads), c), self.rank, (1, geo.width, c))
