@@ -24,7 +24,6 @@ import os
 import signal
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -205,8 +204,9 @@ class ProcessTrainer:
         # One BLAS thread: training is the runtime's job, and the agent must stay frugal.
         for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             env.setdefault(var, str(self.num_threads))
-        root = str(Path(__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        # No PYTHONPATH games: another interpreter (``runtime.python``) must have
+        # fedge installed itself; pointing it at our site-packages would hand it
+        # our NumPy, which tflite-runtime's interpreter cannot load.
         return env
 
     async def _spawn(self) -> _ProcessSession:
