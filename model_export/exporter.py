@@ -155,7 +155,7 @@ def export_model(model: Any, out_dir: Path | str, options: ExportOptions) -> Exp
                 "ops": sorted({c.name for c in codes}),
                 "op_versions": {c.name: c.version for c in codes},
                 "target": options.target,
-                "from_logits": loss.on_logits,
+                "loss_on_logits": loss.on_logits,
             },
             extra={
                 "training": {

@@ -20,11 +20,12 @@ class RuntimeCheck:
 
     runtime: str
     version: str
-    python: str
+    python: str  # the interpreter's version, e.g. "3.11"
     passed: bool
     checks: Mapping[str, bool] = field(default_factory=dict)
     measurements: Mapping[str, float] = field(default_factory=dict)
     error: str | None = None
+    interpreter: str = "this process"  # for messages only; never written to the manifest
 
     def to_manifest(self) -> dict[str, Any]:
         return {
@@ -43,7 +44,8 @@ class RuntimeCheck:
         if None not in losses:
             detail += f", loss {losses[0]:.4f} → {losses[1]:.4f}"
         error = f": {self.error}" if self.error else ""
-        return f"{self.runtime} {self.version} ({self.python}): {status}{detail}{error}"
+        where = f"Python {self.python}, {self.interpreter}"
+        return f"{self.runtime} {self.version} ({where}): {status}{detail}{error}"
 
 
 @dataclass(frozen=True)

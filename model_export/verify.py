@@ -125,13 +125,14 @@ def reference_steps(
     return Reference(arrays)
 
 
-def _from_result(result: Mapping[str, Any], python: str) -> RuntimeCheck:
+def _from_result(result: Mapping[str, Any], interpreter: str) -> RuntimeCheck:
     errors = list(result.get("errors", []))
     checks = {str(k): bool(v) for k, v in result.get("checks", {}).items()}
     return RuntimeCheck(
         runtime=str(result.get("runtime", "?")),
         version=str(result.get("version", "?")),
-        python=python,
+        python=str(result.get("python", "?")),
+        interpreter=interpreter,
         passed=bool(checks) and all(checks.values()),
         checks=checks,
         measurements={str(k): float(v) for k, v in result.get("measurements", {}).items()},
@@ -142,7 +143,7 @@ def _from_result(result: Mapping[str, Any], python: str) -> RuntimeCheck:
 def check_in_process(model_dir: Path, fixture: Path) -> list[RuntimeCheck]:
     """Check under each runtime importable in this process."""
     results = []
-    python = f"{sys.version_info.major}.{sys.version_info.minor} (this process)"
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
     for name in IN_PROCESS_RUNTIMES:
         module = "ai_edge_litert" if name == "ai-edge-litert" else "tensorflow"
         if importlib.util.find_spec(module) is None:
@@ -153,7 +154,7 @@ def check_in_process(model_dir: Path, fixture: Path) -> list[RuntimeCheck]:
             error = f"{type(exc).__name__}: {exc}"
             results.append(RuntimeCheck(name, "?", python, False, error=error))
             continue
-        results.append(_from_result(result, python))
+        results.append(_from_result(result, "this process"))
     return results
 
 
@@ -167,9 +168,10 @@ def check_subprocess(python: Path, model_dir: Path, fixture: Path) -> RuntimeChe
         done = subprocess.run(command, capture_output=True, text=True, check=False,
                               timeout=SUBPROCESS_TIMEOUT_S, env=env)
     except FileNotFoundError:
-        return RuntimeCheck("?", "?", label, False, error=f"no such interpreter: {python}")
+        return RuntimeCheck("?", "?", "?", False, error=f"no such interpreter: {python}",
+                            interpreter=label)
     except subprocess.TimeoutExpired:
-        return RuntimeCheck("?", "?", label, False,
+        return RuntimeCheck("?", "?", "?", False, interpreter=label,
                             error=f"timed out after {SUBPROCESS_TIMEOUT_S} s")
     if done.returncode != 0:
         if done.returncode < 0:
@@ -178,12 +180,12 @@ def check_subprocess(python: Path, model_dir: Path, fixture: Path) -> RuntimeChe
         else:
             tail = done.stderr.strip().splitlines()[-3:]
             why = f"exit code {done.returncode}: {' | '.join(tail)}"
-        return RuntimeCheck(_runtime_of(python), "?", label, False, error=why)
+        return RuntimeCheck(_runtime_of(python), "?", "?", False, error=why, interpreter=label)
     try:
         result = json.loads(done.stdout.strip().splitlines()[-1])
     except (json.JSONDecodeError, IndexError):
         error = f"unreadable output: {done.stdout[-500:]}"
-        return RuntimeCheck("?", "?", label, False, error=error)
+        return RuntimeCheck("?", "?", "?", False, error=error, interpreter=label)
     return _from_result(result, label)
 
 
