@@ -158,22 +158,26 @@ def dp_rows(quick: bool) -> list[Row]:
                          verify=False)
         manifest, path = load_model_dir(Path(tmp) / "mlp")
         model = TrainableModel(path, manifest)
+    # Every scenario and every noise level starts from the exported initial
+    # weights (the model object is reused, so they are kept here).
+    init = model.get_weights()
     rows = dp_scenario(
-        model, "dp-fedavg emulation", devices=1200, expected_k=100,
+        model, init, "dp-fedavg emulation", devices=1200, expected_k=100,
         rounds=60 if quick else 200, local_steps=5, levels=(None, 0.5, 1.0, 2.0),
     )
     # A small fleet trained long: memorization-prone, so the audit has
     # something to find without DP.
     rows += dp_scenario(
-        model, "dp-fedavg small fleet", devices=200, expected_k=50,
+        model, init, "dp-fedavg small fleet", devices=200, expected_k=50,
         rounds=100 if quick else 300, local_steps=10, levels=(None, 1.0, 4.0),
     )
-    rows += robust_rows(model, quick)
+    rows += robust_rows(model, init, quick)
     return rows
 
 
-def dp_scenario(model: Any, name: str, *, devices: int, expected_k: int, rounds: int,
-                local_steps: int, levels: tuple[float | None, ...]) -> list[Row]:
+def dp_scenario(model: Any, init: dict[str, np.ndarray], name: str, *, devices: int,
+                expected_k: int, rounds: int, local_steps: int,
+                levels: tuple[float | None, ...]) -> list[Row]:
     from privacy.audit import audit_model, dp_advantage_bound
 
     x, y = _digits()
@@ -181,7 +185,6 @@ def dp_scenario(model: Any, name: str, *, devices: int, expected_k: int, rounds:
     x_test, y_test = x[1200:], y[1200:]  # the same 597 held-out examples in every scenario
     q_rate = expected_k / devices
     clip, local_lr, delta = 1.0, 0.1, 1e-5
-    init = model.get_weights()
     names = [t.name for t in model.manifest.trainable]
     audit_n = min(300, devices)
 
@@ -252,7 +255,7 @@ def dp_scenario(model: Any, name: str, *, devices: int, expected_k: int, rounds:
     return rows
 
 
-def robust_rows(model: Any, quick: bool) -> list[Row]:
+def robust_rows(model: Any, init: dict[str, np.ndarray], quick: bool) -> list[Row]:
     """Synchronous FedAvg with 20 % poisoned devices: label flipping on their
     local data, or sending −10 × their honest update; accuracy with the
     plain mean, coordinate-wise median, trimmed mean, and the mean after the
@@ -271,7 +274,6 @@ def robust_rows(model: Any, quick: bool) -> list[Row]:
     devices, per_device, bad = 40, 30, 8
     rounds = 15 if quick else 30
     x_test, y_test = x[1200:], y[1200:]
-    init = model.get_weights()
     names = [t.name for t in model.manifest.trainable]
 
     def local_update(weights: dict[str, np.ndarray], dev: int, attack: str) -> dict[str, Any]:
@@ -289,8 +291,10 @@ def robust_rows(model: Any, quick: bool) -> list[Row]:
             update = {n: -10.0 * v for n, v in update.items()}
         return update
 
-    def train(attack: str, aggregator: str) -> float:
+    def train(attack: str, aggregator: str) -> tuple[float, int, int]:
+        """Returns accuracy, updates left out, rounds with nothing kept."""
         rng = np.random.default_rng(3)
+        left_out = empty_rounds = 0
         weights = {k: v.copy() for k, v in init.items()}
         cfg = RobustConfig(warmup=10)
         scorer, policy = AnomalyScorer(cfg), QuarantinePolicy(cfg)
@@ -308,24 +312,30 @@ def robust_rows(model: Any, quick: bool) -> list[Row]:
                     if decision.action is Action.ACCEPT:
                         scorer.observe(u)
                         kept.append(u)
+                left_out += len(updates) - len(kept)
+                if not kept:
+                    empty_rounds += 1
+                    continue  # nothing accepted: no step this round
                 agg = {n: np.mean([u[n] for u in kept], axis=0) for n in names}
             else:
                 agg = {n: np.mean([u[n] for u in updates], axis=0) for n in names}
             for n in names:
                 weights[n] = (weights[n] + agg[n]).astype(np.float32)
         model.set_weights(weights)
-        return float(model.evaluate(x_test, y_test)["accuracy"])
+        return float(model.evaluate(x_test, y_test)["accuracy"]), left_out, empty_rounds
 
-    clean = train("none", "mean")
+    clean, _, _ = train("none", "mean")
     rows = [row("robust sync FedAvg, no attack", "test accuracy (mean)", clean, "",
                 note=f"{devices} devices × {per_device} digits, all in every round, {rounds} "
                      "rounds, real TFLite mlp")]
     for attack in ("label flip", "sign flip ×10"):
         for aggregator in ("mean", "median", "trimmed mean 20%", "mean + quarantine"):
-            acc = train(attack, aggregator)
+            acc, left_out, empty = train(attack, aggregator)
+            extra = (f"; {left_out} of {rounds * devices} updates left out, {empty} rounds "
+                     "with none kept" if aggregator == "mean + quarantine" else "")
             rows.append(row(f"robust sync FedAvg, {bad}/{devices} {attack}",
                             f"test accuracy ({aggregator})", acc, "", baseline=clean,
-                            note="baseline: plain mean without attackers"))
+                            note="baseline: plain mean without attackers" + extra))
     return rows
 
 
