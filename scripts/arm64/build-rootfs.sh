@@ -109,10 +109,11 @@ if [[ "$(cat "$markers/venv.done" 2>/dev/null)" == "$req_id" ]]; then
 else
     log "downloading aarch64 wheels on the host: ${requirements[*]}"
     mkdir -p "$cache/wheels"
-    host_pip download --dest "$cache/wheels" --only-binary=:all: \
-        --platform manylinux2014_aarch64 --platform manylinux_2_28_aarch64 \
-        --platform manylinux_2_34_aarch64 --python-version 3.11 --implementation cp \
-        "${requirements[@]}"
+    # Every manylinux tag glibc 2.36 (bookworm) accepts.
+    platforms=(--platform manylinux2014_aarch64)
+    for minor in $(seq 17 36); do platforms+=(--platform "manylinux_2_${minor}_aarch64"); done
+    host_pip download --dest "$cache/wheels" --only-binary=:all: "${platforms[@]}" \
+        --python-version 3.11 --implementation cp "${requirements[@]}"
     cp "$cache/wheels"/*.whl "$wheels/"
     log "creating venv /opt/fedge/venv and installing the wheels in the rootfs"
     run /usr/bin/python3 -m venv /opt/fedge/venv

@@ -14,8 +14,8 @@
 #    the model with fedge.runtime.TrainableModel(runtime="tflite-runtime"),
 #    trains 30 steps, and checks that the loss falls and that the weights
 #    round-trip exactly;
-# 5. the agent cycle against a service on the host's loopback (hook: see
-#    agent_cycle below).
+# 5. one enrolled agent cycle inside the rootfs (check-in -> download ->
+#    train -> upload) against `fedge serve` on the host's loopback.
 #
 # Environment:
 #   FEDGE_ARM64_CACHE      cache directory (default .cache/arm64-rootfs)
@@ -111,17 +111,76 @@ device_s=$((SECONDS - device_start))
 log "device: $(field "$device" summary)"
 device_ms=$(field "$device" step_ms_median)
 
-# 5. Agent cycle hook. The device-agent check (enroll -> check-in -> download
-#    -> train -> upload against `fedge serve` on the host's 127.0.0.1; the
-#    chroot shares the host's network namespace) goes here.
-agent_cycle() {
-    if ! "$here/run-in-rootfs.sh" "$root" fedge agent --help >/dev/null 2>&1; then
-        log "step 5/5: SKIPPED: the rootfs's fedge has no \`agent\` command yet"
-        return 0
+# 5. One agent cycle on the (emulated) device against the real service on the
+#    host's loopback: the chroot shares the host's network namespace. The
+#    host runs `fedge serve`, pushes the model with K = 1 (one accepted update
+#    publishes version 2) and makes a one-use enrollment token; the device
+#    enrolls (`fedge agent init`) and runs one cycle (`fedge agent run
+#    --once`: check-in -> download -> train under tflite-runtime 2.14 ->
+#    encode -> upload). The check passes when the agent reports the update
+#    accepted AND the service has published version 2 from it.
+log "step 5/5: agent cycle against \`fedge serve\` on the host's 127.0.0.1"
+agent_start=$SECONDS
+operator_token=$("$venv/bin/python" -c 'import secrets; print(secrets.token_urlsafe(24))')
+server_pid=""
+stop_server() {
+    if [[ -n $server_pid ]] && kill -0 "$server_pid" 2>/dev/null; then
+        kill -TERM "$server_pid" && wait "$server_pid" 2>/dev/null || true
     fi
-    log "step 5/5: SKIPPED: \`fedge agent\` exists but the agent cycle is not wired into this check yet"
+    server_pid=""
 }
-agent_cycle
+trap 'stop_server; rm -rf -- "$work"' EXIT
+FEDGE_OPERATOR_TOKEN=$operator_token "$venv/bin/fedge" serve --data-dir "$work/server" \
+    --host 127.0.0.1 --port 0 --port-file "$work/port" > "$work/serve.log" 2>&1 &
+server_pid=$!
+for _ in $(seq 1 120); do
+    [[ -s $work/port ]] && break
+    kill -0 "$server_pid" 2>/dev/null || { cat "$work/serve.log" >&2; die "fedge serve exited"; }
+    sleep 0.5
+done
+[[ -s $work/port ]] || { cat "$work/serve.log" >&2; die "fedge serve wrote no port file in 60 s"; }
+server=http://127.0.0.1:$(cat "$work/port")
+operator() { FEDGE_OPERATOR_TOKEN=$operator_token "$venv/bin/fedge" "$@" --server "$server"; }
+operator push --model digits "$work/model" > "$work/push.json" \
+    || die "fedge push failed: $(cat "$work/push.json")"
+operator models config digits --set buffer_size=1 > /dev/null
+enroll_token=$(operator enroll-token --uses 1 --ttl 600 \
+    | "$venv/bin/python" -c 'import json, sys; print(json.load(sys.stdin)["token"])')
+log "service on $server: pushed digits v1, buffer_size 1, one-use enrollment token"
+
+"$here/run-in-rootfs.sh" "$root" fedge agent init --server "$server" \
+    --enroll-token "$enroll_token" --model digits --data "$inside/digits.npz" \
+    --state-dir "$inside/agent" --config "$inside/agent.yaml" --profile raspberry-pi-4 \
+    > "$work/init.log" 2>&1 || { cat "$work/init.log" >&2; die "fedge agent init failed"; }
+# The host running this check is rarely idle or on a schedule: train now.
+"$here/run-in-rootfs.sh" "$root" python -c '
+import sys, yaml
+path = sys.argv[1]
+with open(path) as fh:
+    config = yaml.safe_load(fh)
+config["policy"] = {"require_power": False, "min_idle_minutes": 0, "max_cpu_load": 1.0,
+                    "min_battery_pct": None, "max_temperature_c": None,
+                    "unmetered_only": False, "allowed_hours": None}
+with open(path, "w") as fh:
+    yaml.safe_dump(config, fh)' "$inside/agent.yaml"
+log "device enrolled (fedge agent init, inside the rootfs)"
+
+cycle_status=0
+"$here/run-in-rootfs.sh" "$root" fedge agent run --once --config "$inside/agent.yaml" \
+    > "$work/cycle.json" 2> "$work/cycle.log" || cycle_status=$?
+if [[ $cycle_status -ne 0 ]]; then
+    tail -n 30 "$work/cycle.log" >&2
+    die "fedge agent run --once exited $cycle_status: $(cat "$work/cycle.json")"
+fi
+log "device cycle: $(tail -n1 "$work/cycle.json")"
+latest=$(operator models show digits \
+    | "$venv/bin/python" -c '
+import json, sys
+print(max(version["version"] for version in json.load(sys.stdin)["versions"]))')
+[[ $latest -ge 2 ]] || die "the service did not publish a new version from the device's update (latest: $latest)"
+stop_server
+agent_s=$((SECONDS - agent_start))
+log "service published digits v$latest from the device's update (${agent_s}s)"
 
 comparison="no native baseline"
 if [[ -n $native_ms ]]; then
@@ -131,4 +190,4 @@ device, native = float(sys.argv[1]), float(sys.argv[2])
 print(f"{device:.2f} ms/step under qemu vs {native:.3f} ms/step native ({device / native:.0f}x)")' \
         "$device_ms" "$native_ms")
 fi
-log "PASSED: rootfs step ${rootfs_s}s, device run ${device_s}s; ${comparison}"
+log "PASSED: rootfs step ${rootfs_s}s, device run ${device_s}s, agent cycle ${agent_s}s; ${comparison}"
