@@ -47,6 +47,12 @@ def run_simulate(args: argparse.Namespace) -> int:
     from device_profiles.simulate import simulate  # noqa: PLC0415
 
     fleet = load_fleet(args.fleet)
+    if args.ray or args.ray_address:
+        # Not built yet: say so rather than silently training in process.
+        raise SimulationError(
+            "--ray/--ray-address: training on Ray workers is not implemented in this version; "
+            "run without it (training runs in process, see docs/simulation.md)"
+        )
     if args.server and (args.ray or args.ray_address):
         raise SimulationError("--server and --ray cannot be combined")
     token = args.token or os.environ.get("FEDGE_OPERATOR_TOKEN")

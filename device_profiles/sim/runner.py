@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import random
 import secrets
 import shutil
 import tempfile
@@ -387,6 +388,7 @@ async def _run_mode(prep: Prepared, mode: str, options: SimOptions,
 
     from aggregation_service.app import create_app  # noqa: PLC0415
     from aggregation_service.config import ServiceConfig  # noqa: PLC0415
+    from aggregation_service.service import AggregationService  # noqa: PLC0415
     from edge_client.agent import Agent  # noqa: PLC0415
     from edge_client.config import AgentConfig  # noqa: PLC0415
     from edge_client.eligibility.state import SimulatedStateProvider  # noqa: PLC0415
@@ -417,7 +419,9 @@ async def _run_mode(prep: Prepared, mode: str, options: SimOptions,
             fsync=False,  # a simulation needs no power-cut durability; the log is still written
             training=training_config(fleet, mode),
         )
-        app = create_app(config, clock=clock)
+        # A seeded random source makes the service's pace-steering jitter repeat.
+        service = AggregationService(config, clock=clock, rng=random.Random(fleet.seed))
+        app = create_app(config, clock=clock, service=service)
         runner = web.AppRunner(app)
         await runner.setup()
         inproc = InProcessTransport(app)
