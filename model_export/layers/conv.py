@@ -86,22 +86,34 @@ class Conv:
         dy2 = tf.reshape(dy, [-1, filters])
         dparams: list[Tensor | None] = [None] * len(self.params())
         if self.trainable:
-            # dW = patchesᵀ·dy, with the K shifted views of the padded input
-            # concatenated along channels (the forward pass used CONV_2D).
-            cols = geo.patches(xp)
-            patches = tf.reshape(cols[0] if k == 1 else tf.concat(cols, axis=3), [-1, k * c])
+            # dW[tap] = viewᵀ·dy for each of the K shifted views of the padded
+            # input: one batched matmul over the views stacked on a leading axis
+            # (whole-tensor copies; concatenating along thin channels is slow).
+            views = tf.reshape(tf.stack(geo.patches(xp), axis=0), [k, -1, c])
             dparams[0] = tf.reshape(
-                tf.matmul(patches, dy2, transpose_a=True), self.kernel.shape
+                tf.matmul(views, dy2, transpose_a=True), self.kernel.shape
             )
             if self.bias is not None:
                 dparams[1] = tf.reduce_sum(dy2, axis=0)
         dx = None
         if need_dx:
-            kernel = tf.reshape(params[0], [k * c, filters])
-            dpatches = tf.matmul(dy2, kernel, transpose_b=True)
-            dpatches = tf.reshape(dpatches, [-1, ho, wo, k * c])
-            grads = [dpatches] if k == 1 else tf.split(dpatches, k, axis=3)
-            dx = _from_2d(geo.col2im(list(grads), c), self.rank, (1, geo.width, c))
+            # The input gradient of a convolution is a transposed convolution
+            # (builtin TRANSPOSE_CONV, which accepts the variable kernel) onto
+            # the padded grid, cropped back to the input.
+            kh, kw = self.window
+            sh, sw = self.strides
+            hp, wp = geo.padded_size
+            kernel = tf.reshape(params[0], [kh, kw, c, filters])
+            shape = tf.stack([tf.shape(dy2)[0] // (ho * wo), hp, wp, c])
+            dxp = tf.nn.conv2d_transpose(
+                tf.reshape(dy2, [-1, ho, wo, filters]), kernel, shape,
+                strides=[1, sh, sw, 1], padding="VALID",
+            )
+            if geo.padded:
+                top, _, left, _ = geo.pads
+                dxp = tf.slice(dxp, [0, top, left, 0], [-1, geo.height, geo.width, c])
+            dx = _from_2d(tf.reshape(dxp, [-1, geo.height, geo.width, c]), self.rank,
+                          (1, geo.width, c))
         return Grads((dx,), tuple(dparams))
 
 

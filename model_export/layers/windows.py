@@ -96,6 +96,8 @@ class Geometry:
 
     def col2im(self, grads: list[Tensor], channels: int) -> Tensor:
         """Sum K patch gradients back onto the unpadded input ``[B, H, W, C]``."""
+        if self.strides == self.kernel:
+            return self._interleave(grads, channels)
         hp, wp = self.padded_size
         dh = (self.out[0] - 1) * self.strides[0] + 1
         dw = (self.out[1] - 1) * self.strides[1] + 1
@@ -108,6 +110,27 @@ class Geometry:
             return total
         top, _, left, _ = self.pads
         return tf.slice(total, [0, top, left, 0], [-1, self.height, self.width, -1])
+
+    def _interleave(self, grads: list[Tensor], channels: int) -> Tensor:
+        """Non-overlapping windows (stride = window, e.g. 2×2 pooling): every input
+        cell belongs to one window, so the K gradients are interleaved (PACK +
+        RESHAPE) instead of zero-dilated, padded and summed."""
+        ho, wo = self.out
+        kh, kw = self.kernel
+        rows = []
+        for i in range(kh):
+            row = grads[i * kw:(i + 1) * kw]
+            rows.append(row[0] if kw == 1 else tf.reshape(
+                tf.stack(row, axis=3), [-1, ho, wo * kw, channels]))
+        grid = rows[0] if kh == 1 else tf.reshape(
+            tf.stack(rows, axis=2), [-1, ho * kh, wo * kw, channels])
+        hp, wp = self.padded_size
+        if (hp, wp) != (ho * kh, wo * kw):  # cells no window covers get zero gradient
+            grid = tf.pad(grid, [[0, 0], [0, hp - ho * kh], [0, wp - wo * kw], [0, 0]])
+        if not self.padded:
+            return grid
+        top, _, left, _ = self.pads
+        return tf.slice(grid, [0, top, left, 0], [-1, self.height, self.width, -1])
 
     def _dilate(self, g: Tensor, channels: int) -> Tensor:
         """Insert stride−1 zeros between rows and between columns."""

@@ -132,6 +132,10 @@ CASES: dict[str, Callable[[], Any]] = {
         L.DepthwiseConv2D(3, strides=2, depth_multiplier=2, depthwise_initializer=_init(23)),
     ),
     "maxpool2d_valid": lambda: _wrap((6, 6, 2), L.MaxPooling2D(2)),
+    "maxpool2d_remainder": lambda: _wrap((5, 5, 2), L.MaxPooling2D(2)),
+    "depthwise_k2_s2": lambda: _wrap(
+        (5, 5, 2), L.DepthwiseConv2D(2, strides=2, depthwise_initializer=_init(23))
+    ),
     "maxpool2d_same_s1": lambda: _wrap((5, 5, 2), L.MaxPooling2D(3, strides=1, padding="same")),
     "maxpool2d_overlap": lambda: _wrap((7, 7, 1), L.MaxPooling2D(3, strides=2)),
     "avgpool2d_valid": lambda: _wrap((6, 6, 2), L.AveragePooling2D(2)),
