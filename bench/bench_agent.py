@@ -244,7 +244,8 @@ async def _lapse_trials(tmp: Path, model_dir: Path, data_dir: Path, trials: int
     training = TrainingConfig.from_dict({
         "buffer_size": 1000, "pace_min_retry_s": 0.01, "pace_max_retry_s": 0.02,
         "over_provisioning": 1000,
-        "client": {"epochs": 50, "batch_size": 32, "learning_rate": 0.05},
+        "client": {"epochs": 50, "batch_size": 32, "learning_rate": 0.05,
+                   "max_examples": 1_000_000},
     })
     server = TestServer(create_app(ServiceConfig(data_dir=tmp / "svc", operator_token=OPERATOR,
                                                  fsync=False, training=training)),
