@@ -63,8 +63,8 @@ def run_simulate(args: argparse.Namespace) -> int:
                               "directory is expected)")
     options = SimOptions(
         out=args.out, compare=args.compare, mode=args.mode, server_url=args.server,
-        operator_token=token, ray=args.ray, ray_address=args.ray_address,
-        progress=not args.no_progress, workdir=args.workdir, model_dir=args.model_dir,
+        operator_token=token, progress=not args.no_progress, workdir=args.workdir,
+        model_dir=args.model_dir,
     )
     report = simulate(fleet, options)
     print(report.summary.read_text(encoding="utf-8"))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import os
 import random
 import secrets
@@ -20,7 +19,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +66,6 @@ class SimOptions:
     mode: str | None = None  # override the fleet's server.mode
     server_url: str | None = None  # run against a real `fedge serve` over HTTP
     operator_token: str | None = None
-    ray: bool = False
-    ray_address: str | None = None
     progress: bool = True
     workdir: Path | None = None  # kept after the run if given
     calibration_step_s: float | None = None  # pin the host calibration (determinism tests)
@@ -366,18 +363,6 @@ class RecordingLink(SimulatedLink):
 # --- one run ---------------------------------------------------------------------------------
 
 
-@dataclass
-class _Run:
-    prep: Prepared
-    mode: str
-    options: SimOptions
-    clock: ManualClock
-    recorder: Recorder
-    driver: VirtualTimeDriver
-    agents: list[Any] = field(default_factory=list)
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
-
-
 def dense_update_bytes(manifest: Manifest) -> int:
     return 4 * manifest.num_trainable_parameters
 
@@ -597,10 +582,3 @@ def modes_for(fleet: FleetSpec, options: SimOptions) -> tuple[str, ...]:
     if options.compare:
         return MODES
     return (options.mode or str(fleet.server.get("mode", "async")),)
-
-
-def finite(value: float | None) -> float | None:
-    return None if value is None or not math.isfinite(value) else value
-
-
-__all__ = ["Prepared", "SimOptions", "modes_for", "prepare", "replace", "run_mode"]
