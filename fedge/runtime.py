@@ -12,7 +12,6 @@ Nothing here imports TensorFlow unless it is the only runtime present.
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
 import importlib.util
 import os
 from collections.abc import Mapping
@@ -53,6 +52,10 @@ class RuntimeInfo:
 
 
 def _version(distribution: str) -> str:
+    # Imported here: importlib.metadata costs a device several MB of RSS, and
+    # the version is only read once per model load.
+    import importlib.metadata
+
     for dist in (distribution, f"{distribution}-cpu"):
         try:
             return importlib.metadata.version(dist)
