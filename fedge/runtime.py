@@ -54,7 +54,7 @@ class RuntimeInfo:
 def _version(distribution: str) -> str:
     # Imported here: importlib.metadata costs a device several MB of RSS, and
     # the version is only read once per model load.
-    import importlib.metadata
+    import importlib.metadata  # noqa: PLC0415
 
     for dist in (distribution, f"{distribution}-cpu"):
         try:
