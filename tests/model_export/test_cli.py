@@ -146,3 +146,39 @@ def test_help_lists_the_reference_models(capsys: pytest.CaptureFixture[str]) -> 
         main(["export", "--help"])
     out = capsys.readouterr().out
     assert "mlp|cnn|cnn1d|transfer" in out and "--verify-python" in out
+
+
+def test_factory_export_prints_a_summary(
+    factories: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "custom"
+    code = main(
+        [
+            "export",
+            f"{factories}:good",
+            "--out",
+            str(out),
+            "--loss",
+            "mse",
+            "--optimizer",
+            "adam",
+            "--learning-rate",
+            "0.002",
+        ]
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "parameters: 10 (10 trainable)" in captured.out
+    assert "builtin ops (" in captured.out and "READ_VARIABLE" in captured.out
+    assert "ai-edge-litert" in captured.out and ": ok" in captured.out
+    from fedge.manifest import load_model_dir
+
+    manifest, _ = load_model_dir(out)
+    assert manifest.loss == "mean_squared_error"
+    assert manifest.optimizer["name"] == "adam"
+    assert manifest.hyperparameters["learning_rate"] == 0.002
+    # Exporting again over an earlier export replaces it.
+    assert main(["export", f"{factories}:good", "--out", str(out), "--no-verify"]) == 0
+    manifest, _ = load_model_dir(out)
+    assert manifest.loss == "sparse_categorical_crossentropy"
+    assert manifest.verified_runtimes == ()
