@@ -41,8 +41,6 @@ cleanup() {
     mounted=()
 }
 trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
 mount -t proc proc "$root/proc" && mounted+=("$root/proc")
 mount -t sysfs sysfs "$root/sys" && mounted+=("$root/sys")
@@ -60,6 +58,21 @@ for name in $(compgen -e); do
     if [[ $name == FEDGE_* ]]; then env_args+=("$name=${!name}"); fi
 done
 
-status=0
-chroot "$root" /usr/bin/env -i "${env_args[@]}" "$@" || status=$?
+# The command runs as a background child so that a SIGTERM or SIGINT sent to
+# this script is forwarded to it at once (bash defers traps until a
+# foreground child exits); the mounts come down after the child has exited.
+# `<&0` keeps stdin: a background job would otherwise read /dev/null.
+child=""
+forward() { if [[ -n $child ]]; then kill "-$1" "$child" 2>/dev/null || true; fi; }
+trap 'forward TERM' TERM
+trap 'forward INT' INT
+set +e
+chroot "$root" /usr/bin/env -i "${env_args[@]}" "$@" <&0 &
+child=$!
+wait "$child"
+status=$?
+while kill -0 "$child" 2>/dev/null; do # a signal interrupted wait: wait for the exit
+    wait "$child"
+    status=$?
+done
 exit "$status"
