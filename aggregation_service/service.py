@@ -264,6 +264,7 @@ class AggregationService:
         self._cpu = ThreadPoolExecutor(1, thread_name_prefix="fedge-cpu")
         self._io = ThreadPoolExecutor(2, thread_name_prefix="fedge-io")
         self._publish_pool = ThreadPoolExecutor(1, thread_name_prefix="fedge-publish")
+        self._eval_pool = ThreadPoolExecutor(1, thread_name_prefix="fedge-eval")
         self._device_cache: OrderedDict[str, str] = OrderedDict()
         self._delta_cache: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -337,6 +338,7 @@ class AggregationService:
         self._cpu.shutdown(wait=True)
         self._io.shutdown(wait=True)
         self._publish_pool.shutdown(wait=True)
+        self._eval_pool.shutdown(wait=True)
 
     async def crash_for_tests(self) -> None:
         """TEST SEAM: stop like a killed process would — no draining, no
@@ -351,6 +353,7 @@ class AggregationService:
         self._cpu.shutdown(wait=True)
         self._io.shutdown(wait=True)
         self._publish_pool.shutdown(wait=True)
+        self._eval_pool.shutdown(wait=True)
 
     async def _load_runtime(self, row: ModelRow) -> ModelRuntime:
         versions = await self.store.run(self.store.versions, row.name)
@@ -769,8 +772,9 @@ class AggregationService:
             frame = await self._io_run(self.blobs.get, vrow.weights_sha256)
             weights = await self._cpu_run(codec.decode_weights, frame, manifest)
             data = _npz_load(await self._io_run(self.blobs.get, row.eval_blob))
-            metrics = await self._cpu_run(
-                self.evaluator, graph, manifest, weights, data["x"], data["y"]
+            # Its own thread: an evaluation must not hold up decoding uploads.
+            metrics = await asyncio.get_running_loop().run_in_executor(
+                self._eval_pool, self.evaluator, graph, manifest, weights, data["x"], data["y"]
             )
             metrics = {k: float(v) for k, v in metrics.items()} | {
                 "examples": float(len(data["x"]))
@@ -1423,4 +1427,3 @@ class AggregationService:
             "models": len(self.models),
             "log_end": self.log.end,
         }
-
