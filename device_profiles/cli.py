@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -41,11 +42,24 @@ def register(subparsers: Any) -> None:
     demo.set_defaults(func=run_demo)
 
 
+# Hundreds of simulated agents and the service log every state transition at
+# INFO; in a simulation that is tens of thousands of lines that bury the
+# progress bar. Keep warnings; `fedge -v` shows everything.
+_FLEET_LOGGERS = ("edge_client", "aggregation_service", "aiohttp.access", "quantization")
+
+
+def _quiet_fleet_logs(args: argparse.Namespace) -> None:
+    if not getattr(args, "verbose", False):
+        for name in _FLEET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def run_simulate(args: argparse.Namespace) -> int:
     from device_profiles.fleet import load_fleet  # noqa: PLC0415
     from device_profiles.sim.runner import SimOptions  # noqa: PLC0415
     from device_profiles.simulate import simulate  # noqa: PLC0415
 
+    _quiet_fleet_logs(args)
     fleet = load_fleet(args.fleet)
     if args.ray or args.ray_address:
         # Not built yet: say so rather than silently training in process.
@@ -75,6 +89,7 @@ def run_simulate(args: argparse.Namespace) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     from device_profiles.demo import demo  # noqa: PLC0415
 
+    _quiet_fleet_logs(args)
     if args.devices is not None and args.devices < 1:
         raise SimulationError("--devices: expected a positive number of devices")
     if args.hours is not None and not 0 < args.hours <= 24 * 30:
