@@ -51,8 +51,9 @@ class Loss:
         batch = _batch(out)
         onehot = tf.one_hot(y, int(out.shape[-1]), dtype=tf.float32)
         if self.on_logits:
-            loss = -tf.reduce_sum(onehot * tf.nn.log_softmax(out, axis=-1)) / batch
-            return loss, (tf.nn.softmax(out, axis=-1) - onehot) / batch
+            log_probs = tf.nn.log_softmax(out, axis=-1)
+            loss = -tf.reduce_sum(onehot * log_probs) / batch
+            return loss, (tf.exp(log_probs) - onehot) / batch
         # Keras: log(clip(p, ε, 1−ε)) treated as logits.
         clipped = tf.clip_by_value(out, EPSILON, 1.0 - EPSILON)
         inside = tf.cast(tf.logical_and(out >= EPSILON, out <= 1.0 - EPSILON), tf.float32)

@@ -1,6 +1,7 @@
 """The reference models ``fedge export`` knows by name.
 
-- ``mlp``: Dense+ReLU hidden layers (``hidden``, default 64,64), softmax head.
+- ``mlp``: Dense+ReLU hidden layers (``hidden``, default one of 64: the 64-64-10
+  digits model), softmax head.
 - ``cnn``: two 3×3 Conv2D+ReLU (``filters``, default 8,16, 'same') each with 2×2
   max pooling, then a softmax Dense; for small images (8×8×1 digits, 28×28×1).
 - ``cnn1d``: sensor time series (e.g. 128×3): strided Conv1D, max pooling,
@@ -76,7 +77,7 @@ def build_reference(
     head = layers.Dense(classes, activation="softmax", kernel_initializer=init(99), name="head")
 
     if name == "mlp":
-        sizes = _sizes(hidden, "hidden", (64, 64))
+        sizes = _sizes(hidden, "hidden", (64,))
         stack: list[Any] = [keras.Input(shape)]
         if len(shape) > 1:
             stack.append(layers.Flatten(name="flatten"))
