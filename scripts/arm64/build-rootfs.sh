@@ -34,6 +34,12 @@ die() { printf '[build-rootfs] error: %s\n' "$*" >&2; exit 1; }
 mkdir -p "$cache/debs" "$root/.fedge"
 root=$(realpath -- "$root")
 markers=$root/.fedge
+# One build per rootfs at a time (a second caller waits, then reuses it).
+exec 9> "$markers/lock"
+if ! flock -n 9; then
+    log "another build of $root is running; waiting for it"
+    flock 9
+fi
 
 # 1. Host tools: debootstrap, and qemu-user-static + binfmt_misc unless the
 #    host is arm64 already.
@@ -56,7 +62,8 @@ if [[ $host_arch != aarch64 ]]; then
     binfmt=/proc/sys/fs/binfmt_misc
     if [[ ! -e $binfmt/register ]]; then
         log "mounting binfmt_misc"
-        mount -t binfmt_misc binfmt_misc "$binfmt"
+        mount -t binfmt_misc binfmt_misc "$binfmt" \
+            || die "cannot mount binfmt_misc at $binfmt (a container without CAP_SYS_ADMIN?)"
     fi
     if [[ "$(head -n1 "$binfmt/qemu-aarch64" 2>/dev/null)" != enabled ]]; then
         log "registering qemu-aarch64 with binfmt_misc"
