@@ -34,7 +34,7 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "audit",
         help="membership-inference audit of a model (attack AUC and advantage)",
-        description=__doc__.split("\n\n")[0],
+        description="Membership-inference audit (loss threshold) of a model version.",
     )
     parser.add_argument("model_dir", type=Path, help="a `fedge export` directory")
     parser.add_argument("--members", type=Path, required=True,
