@@ -119,7 +119,11 @@ class TrainingModule(tf.Module):  # type: ignore[misc]
         loss, _ = self.spec.loss.value_and_grad(head, y)
         result = {"loss": loss}
         if self.spec.loss.has_accuracy:
-            output, _ = self.spec.graph.forward(values, x, ctx)
+            # The final activation matters for the threshold only when it was
+            # fused into the loss; otherwise the head is the model's output.
+            output = head
+            if self.spec.loss.fused:
+                output, _ = self.spec.graph.nodes[-1].layer.forward([], [head], ctx)
             result["accuracy"] = self.spec.loss.accuracy(output, y)
         return result
 
