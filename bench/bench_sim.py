@@ -127,7 +127,8 @@ def run(quick: bool) -> list[dict[str, Any]]:
         # 3. communication to the target accuracy, per codec
         devices, hours = (60, 6.0) if quick else (150, 12.0)
         codecs = [
-            ("dense float32", {}),
+            # Explicit: an empty codec would mean "the service's default" (lossy).
+            ("dense float32", {"density": 1.0, "values": "float32"}),
             ("dense float16", {"values": "float16"}),
             ("top-10% 8-bit + EF", {"density": 0.1, "bits": 8, "error_feedback": True}),
             ("top-10% 4-bit + EF", {"density": 0.1, "bits": 4, "error_feedback": True}),

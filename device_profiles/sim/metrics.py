@@ -23,7 +23,8 @@ class Sample:
     version: int
     accuracy: float | None  # of the newest evaluated version
     eligible: int  # devices whose own policy would let them train now
-    training: int  # devices inside a training step right now
+    training: int  # devices inside a training session right now
+    trained: int  # distinct devices with an accepted update since the previous sample
     checkins: int  # cumulative
     plans: int
     updates_accepted: int

@@ -77,11 +77,11 @@ def write_plots(results: Sequence[RunResult], out: Path, target: float) -> list[
     for r in results:
         s = r.recorder.samples
         ax.plot([x.t_h for x in s], [x.eligible for x in s], label=f"{r.mode} eligible")
-        ax.plot([x.t_h for x in s], [x.training for x in s], ls="--",
-                label=f"{r.mode} training")
+        ax.plot([x.t_h for x in s], [x.trained for x in s], ls="--",
+                label=f"{r.mode} trained in the interval")
     ax.set_xlabel("virtual time (hours)")
     ax.set_ylabel("devices")
-    ax.set_title("Eligible (charging, idle, unmetered) and training devices")
+    ax.set_title("Eligible devices, and devices whose update was accepted, per sample interval")
     ax.legend()
     save(fig, "devices.png")
 

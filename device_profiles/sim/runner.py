@@ -547,10 +547,13 @@ async def _sample(operator: Operator, model: str, clock: ManualClock, recorder: 
             accuracy = float(metrics["accuracy"])
             break
     rec = recorder
+    since = rec.samples[-1].t_h if rec.samples else -1.0
+    trained = len({u.device for u in rec.uploads if u.status == 202 and u.t_h > since})
     rec.extra["observed_version"] = max(int(rec.extra.get("observed_version", 0)), version)
     rec.samples.append(Sample(
         t_h=clock.monotonic() / 3600.0, version=version, accuracy=accuracy,
-        eligible=eligible(clock.monotonic()), training=rec.training_now, checkins=rec.checkins,
+        eligible=eligible(clock.monotonic()), training=rec.training_now, trained=trained,
+        checkins=rec.checkins,
         plans=rec.plans, updates_accepted=rec.accepted, updates_rejected=rec.rejected,
         dropouts=rec.dropouts, bytes_up=rec.bytes_up, bytes_down=rec.bytes_down,
     ))
