@@ -103,6 +103,16 @@ device_s=$((SECONDS - device_start))
 [[ $(field "$device" machine) == aarch64 ]] || die "the rootfs did not run aarch64 code"
 log "device: $(field "$device" summary)"
 device_ms=$(field "$device" step_ms_median)
+if [[ -n $native_ms ]]; then
+    # Same model, data and steps: aarch64 and x86_64 kernels round differently,
+    # but the trained model must agree far closer than this.
+    "$venv/bin/python" -c '
+import json, math, sys
+device, native = (json.loads(a)["eval_loss_after"] for a in sys.argv[1:])
+sys.exit(0 if math.isclose(device, native, rel_tol=1e-3) else 1)' "$device" "$native" \
+        || die "the device's trained loss differs from the native run's"
+    log "device and native runs agree on the trained loss"
+fi
 
 # 5. One agent cycle on the (emulated) device against the real service on the
 #    host's loopback: the chroot shares the host's network namespace. The
