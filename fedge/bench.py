@@ -78,6 +78,18 @@ def run_one(name: str, script: Path, results_dir: Path, quick: bool) -> list[dic
     return rows
 
 
+def collect_one(name: str, results_dir: Path) -> list[dict[str, Any]]:
+    """Rows a benchmark already wrote on this machine (``--collect``)."""
+    out = results_dir / f"{name}.json"
+    if not out.is_file():
+        raise BenchError(f"--collect: {out} does not exist; run `fedge bench {name}` first")
+    try:
+        rows: list[dict[str, Any]] = json.loads(out.read_text())
+    except json.JSONDecodeError as exc:
+        raise BenchError(f"--collect: {out} is not valid JSON ({exc})") from exc
+    return rows
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return "—"
@@ -90,8 +102,11 @@ def _fmt(value: Any) -> str:
 
 def table(results: dict[str, Any]) -> str:
     m = results["machine"]
+    how = "Collected from the results files written by" if results.get("collected") else (
+        "Measured by"
+    )
     lines = [
-        f"Measured by `fedge bench{' --quick' if results['quick'] else ''}` on "
+        f"{how} `fedge bench{' --quick' if results['quick'] else ''}` on "
         f"{results['date'][:10]}: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, "
         f"Python {m['python']}. Every ratio is against a baseline measured in the same run.",
         "",
@@ -137,9 +152,13 @@ def command(args: argparse.Namespace) -> int:
     results_dir.mkdir(exist_ok=True)
     rows: list[dict[str, Any]] = []
     for name in names:
-        rows.extend(run_one(name, available[name], results_dir, args.quick))
+        if args.collect:
+            rows.extend(collect_one(name, results_dir))
+        else:
+            rows.extend(run_one(name, available[name], results_dir, args.quick))
     results = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "collected": args.collect,
         "quick": args.quick,
         "machine": machine(),
         "benchmarks": names,
@@ -161,6 +180,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("names", nargs="*", metavar="NAME", help="benchmarks to run (default: all)")
     parser.add_argument("--quick", action="store_true", help="smaller sizes; under 10 minutes")
     parser.add_argument("--bench-dir", default="bench", help="directory of bench_*.py")
+    parser.add_argument(
+        "--collect",
+        action="store_true",
+        help="do not run: gather the rows each benchmark last wrote to bench/results/",
+    )
     parser.add_argument(
         "--update-readme", action="store_true", help="rewrite README.md's results table"
     )

@@ -62,3 +62,24 @@ def test_readme_without_markers(tmp_path: Path) -> None:
     readme.write_text("# no markers\n")
     with pytest.raises(bench.BenchError, match="no <!-- bench:begin -->"):
         bench.update_readme(readme, "table")
+
+
+def test_collect_uses_existing_results_without_running(tmp_path: Path) -> None:
+    bench_dir = tmp_path / "bench"
+    _write_bench(bench_dir, "toy", "raise SystemExit(9)\n")  # would fail if run
+    (bench_dir / "results").mkdir()
+    (bench_dir / "results" / "toy.json").write_text(
+        json.dumps([{"benchmark": "toy", "metric": "m", "value": 1.0}])
+    )
+    assert main(["bench", "--collect", "--bench-dir", str(bench_dir)]) == 0
+    results = json.loads((bench_dir / "results" / "results.json").read_text())
+    assert results["collected"] is True
+    assert results["rows"][0]["metric"] == "m"
+
+
+def test_collect_without_results_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _write_bench(tmp_path / "bench", "toy", GOOD)
+    assert main(["bench", "--collect", "--bench-dir", str(tmp_path / "bench")]) == 2
+    assert "does not exist" in capsys.readouterr().err
