@@ -54,3 +54,12 @@ bench: $(VENV)/.stamp
 
 clean:
 	rm -rf $(VENV) $(EDGE_VENV) $(TFLITE_VENV) .mypy_cache .ruff_cache .pytest_cache
+
+.PHONY: arm64-check
+# Raspberry Pi OS (Debian bookworm arm64, Python 3.11) under qemu-user: builds or
+# reuses the rootfs in .cache/arm64-rootfs, trains the exported mlp under
+# tflite-runtime 2.14 and runs one agent cycle against `fedge serve` on loopback.
+# Needs root, the Debian archive and PyPI; a first build takes 10-20 minutes,
+# so it is not part of `make test` (see docs/raspberry-pi.md).
+arm64-check: $(VENV)/.stamp $(TFLITE_VENV)/.stamp
+	VENV=$(VENV) TFLITE_VENV=$(TFLITE_VENV) scripts/arm64/check.sh
