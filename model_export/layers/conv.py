@@ -90,9 +90,10 @@ class Conv:
             # input: one batched matmul over the views stacked on a leading axis
             # (whole-tensor copies; concatenating along thin channels is slow).
             views = tf.reshape(tf.stack(geo.patches(xp), axis=0), [k, -1, c])
-            dparams[0] = tf.reshape(
-                tf.matmul(views, dy2, transpose_a=True), self.kernel.shape
-            )
+            # [K, N, C] → [K·C, N]: a plain 2-D product runs as a GEMM, where a
+            # batched product with an adjoint operand does not.
+            rows = tf.reshape(tf.transpose(views, [0, 2, 1]), [k * c, -1])
+            dparams[0] = tf.reshape(tf.matmul(rows, dy2), self.kernel.shape)
             if self.bias is not None:
                 dparams[1] = tf.reduce_sum(dy2, axis=0)
         dx = None

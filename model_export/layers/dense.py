@@ -46,7 +46,8 @@ class Dense:
         dy2 = tf.reshape(dy, [-1, units_out]) if len(shape) > 1 else dy
         dparams: list[Tensor | None] = [None] * len(self.params())
         if self.trainable:
-            dparams[0] = tf.matmul(x2, dy2, transpose_a=True)
+            # xᵀ·dy as TRANSPOSE + a plain 2-D product (a GEMM in TFLite).
+            dparams[0] = tf.matmul(tf.transpose(x2), dy2)
             if self.bias is not None:
                 dparams[1] = tf.reduce_sum(dy2, axis=0)
         dx = None

@@ -107,5 +107,5 @@ class Embedding:
         # A one-hot product instead of a scatter (UNSORTED_SEGMENT_SUM is
         # missing from older runtimes); ids outside the table contribute 0.
         onehot = tf.one_hot(tf.reshape(cache[0], [-1]), vocabulary, dtype=tf.float32)
-        dtable = tf.matmul(onehot, tf.reshape(dy, [-1, dim]), transpose_a=True)
+        dtable = tf.matmul(tf.transpose(onehot), tf.reshape(dy, [-1, dim]))
         return Grads((None,), (dtable,))
