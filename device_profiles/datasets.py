@@ -183,7 +183,8 @@ def partition(
         counts = _largest_remainder(props * len(idx), len(idx))
         for d, chunk in enumerate(np.split(idx, np.cumsum(counts)[:-1])):
             parts[d].append(chunk)
-    return [np.sort(np.concatenate(p)).astype(np.int64) for p in parts]
+    empty = np.array([], dtype=np.int64)
+    return [np.sort(np.concatenate([empty, *p])).astype(np.int64) for p in parts]
 
 
 def _largest_remainder(quotas: np.ndarray, total: int) -> np.ndarray:

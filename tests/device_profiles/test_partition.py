@@ -95,3 +95,10 @@ def test_bad_partition_arguments_are_refused(
 ) -> None:
     with pytest.raises(DatasetError, match=message):
         partition(_labels(10, 2, 0), 2, spec, seed=0, weights=weights)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.scheme.value)
+def test_no_examples_gives_every_device_an_empty_part(spec: PartitionSpec) -> None:
+    # Regression: the dirichlet scheme concatenated an empty list.
+    parts = partition(np.array([], dtype=np.int64), 3, spec, seed=0, weights=[1.0, 1.0, 1.0])
+    assert [len(p) for p in parts] == [0, 0, 0]
