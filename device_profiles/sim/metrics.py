@@ -79,6 +79,7 @@ class Recorder:
     bytes_up_by_profile: Counter[str] = field(default_factory=Counter)
     devices_by_profile: Counter[str] = field(default_factory=Counter)
     extra: dict[str, Any] = field(default_factory=dict)
+    first_seen: dict[int, float] = field(default_factory=dict)  # version -> t_h first observed
 
     @property
     def latest_version(self) -> int:

@@ -331,6 +331,7 @@ class RecordingLink(SimulatedLink):
                     version = int(answer.get("plan", {}).get("version", 0))
                     rec.extra["observed_version"] = max(
                         int(rec.extra.get("observed_version", 0)), version)
+                    rec.first_seen.setdefault(version, self.clock.monotonic() / 3600.0)
         elif path == "/v1/devices/updates" and method == "POST":
             hdrs = {k.lower(): v for k, v in (headers or {}).items()}
             base = int(hdrs.get("fedge-base-version", "0"))
@@ -419,6 +420,11 @@ async def _run_mode(prep: Prepared, mode: str, options: SimOptions,
     operator = Operator(transport, token)
     model_name = fleet.name.replace(" ", "-")
     await operator.push(model_name, prep.model_dir)
+    if options.server_url:
+        # A running service keeps its own defaults for a new model: apply the
+        # fleet's training config through the operator API.
+        await operator.call("PATCH", f"/v1/models/{model_name}/config",
+                            body=json.dumps(training_config(fleet, mode).to_dict()).encode())
     await operator.eval_data(model_name, prep.dataset.x_test, prep.dataset.y_test)
     enroll_token = await operator.enrollment_token(len(prep.devices))
 
@@ -485,7 +491,8 @@ async def _run_mode(prep: Prepared, mode: str, options: SimOptions,
     for task in [*tasks, sampler_task]:
         task.cancel()
     await asyncio.gather(*tasks, sampler_task, return_exceptions=True)
-    await _versions(operator, model_name, epoch, recorder)
+    await _versions(operator, model_name, epoch, recorder,
+                    real_service=bool(options.server_url), end_h=fleet.duration_h)
     if runner is not None:
         await runner.cleanup()
     else:
@@ -550,6 +557,8 @@ async def _sample(operator: Operator, model: str, clock: ManualClock, recorder: 
     since = rec.samples[-1].t_h if rec.samples else -1.0
     trained = len({u.device for u in rec.uploads if u.status == 202 and u.t_h > since})
     rec.extra["observed_version"] = max(int(rec.extra.get("observed_version", 0)), version)
+    for v in info.get("versions", []):
+        rec.first_seen.setdefault(int(v["version"]), clock.monotonic() / 3600.0)
     rec.samples.append(Sample(
         t_h=clock.monotonic() / 3600.0, version=version, accuracy=accuracy,
         eligible=eligible(clock.monotonic()), training=rec.training_now, trained=trained,
@@ -559,12 +568,22 @@ async def _sample(operator: Operator, model: str, clock: ManualClock, recorder: 
     ))
 
 
-async def _versions(operator: Operator, model: str, epoch: float, recorder: Recorder) -> None:
+async def _versions(operator: Operator, model: str, epoch: float, recorder: Recorder,
+                    *, real_service: bool, end_h: float) -> None:
+    """Each version with its evaluation. In process, the service's own
+    timestamp is virtual; a real service (``--server``) stamps real time, so
+    there the time is when the simulation first saw the version (a plan or a
+    sample), an upper bound."""
     info = await operator.model(model)
     for v in info.get("versions", []):
         metrics = v.get("metrics") or {}
+        number = int(v["version"])
+        if real_service:
+            t_h = recorder.first_seen.get(number, end_h)
+        else:
+            t_h = max(0.0, (float(v["created_at"]) - epoch) / 3600.0)
         recorder.versions.append(VersionEvent(
-            t_h=max(0.0, (float(v["created_at"]) - epoch) / 3600.0), version=int(v["version"]),
+            t_h=t_h, version=number,
             accuracy=float(metrics["accuracy"]) if "accuracy" in metrics else None,
             loss=float(metrics["loss"]) if "loss" in metrics else None,
         ))
