@@ -61,14 +61,8 @@ def run_simulate(args: argparse.Namespace) -> int:
 
     _quiet_fleet_logs(args)
     fleet = load_fleet(args.fleet)
-    if args.ray or args.ray_address:
-        # Not built yet: say so rather than silently training in process.
-        raise SimulationError(
-            "--ray/--ray-address: training on Ray workers is not implemented in this version; "
-            "run without it (training runs in process, see docs/simulation.md)"
-        )
     if args.server and (args.ray or args.ray_address):
-        raise SimulationError("--server and --ray cannot be combined")
+        raise SimulationError("--server and --ray cannot be combined (choose one)")
     token = args.token or os.environ.get("FEDGE_OPERATOR_TOKEN")
     if args.server and not token:
         raise SimulationError("--server needs an operator token (--token or FEDGE_OPERATOR_TOKEN)")
@@ -78,6 +72,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     options = SimOptions(
         out=args.out, compare=args.compare, mode=args.mode, server_url=args.server,
         operator_token=token, progress=not args.no_progress, workdir=args.workdir,
+        ray=args.ray, ray_address=args.ray_address,
         model_dir=args.model_dir,
     )
     report = simulate(fleet, options)

@@ -69,6 +69,9 @@ class SimOptions:
     progress: bool = True
     workdir: Path | None = None  # kept after the run if given
     calibration_step_s: float | None = None  # pin the host calibration (determinism tests)
+    ray: bool = False  # train on local Ray workers
+    ray_address: str | None = None  # or on a Ray cluster
+    ray_workers: int = 2
     model_dir: Path | None = None  # reuse an export instead of exporting
 
 
@@ -430,6 +433,13 @@ async def _run_mode(prep: Prepared, mode: str, options: SimOptions,
 
     policy_section = dict(fleet.policy)
     cache = InterpreterCache()
+    pool = None
+    if options.ray or options.ray_address:
+        from device_profiles.sim.ray_trainer import RayPool  # noqa: PLC0415
+
+        pool = RayPool((prep.model_dir / "model.tflite").read_bytes(),
+                       prep.manifest.to_json(), address=options.ray_address,
+                       workers=options.ray_workers)
     dense = dense_update_bytes(prep.manifest)
     offset = epoch
     agents: list[Any] = []
@@ -452,7 +462,7 @@ async def _run_mode(prep: Prepared, mode: str, options: SimOptions,
         trainer = SimTrainer(
             device, prep.dataset.x_train[idx], prep.dataset.y_train[idx], clock=clock,
             cache=cache, calibration_step_s=prep.calibration.step_s,
-            calibration_batch=prep.calibration.batch_size, recorder=recorder,
+            calibration_batch=prep.calibration.batch_size, recorder=recorder, ray_pool=pool,
         )
         agent = Agent(
             agent_config, clock=clock, transport=link,
@@ -493,6 +503,9 @@ async def _run_mode(prep: Prepared, mode: str, options: SimOptions,
     await asyncio.gather(*tasks, sampler_task, return_exceptions=True)
     await _versions(operator, model_name, epoch, recorder,
                     real_service=bool(options.server_url), end_h=fleet.duration_h)
+    if pool is not None:
+        recorder.extra["ray_calls"] = pool.calls
+        pool.shutdown()
     if runner is not None:
         await runner.cleanup()
     else:

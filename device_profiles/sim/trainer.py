@@ -28,6 +28,7 @@ import numpy as np
 
 from device_profiles.device import SimDevice, hash_uniform
 from device_profiles.sim.metrics import Recorder
+from device_profiles.sim.ray_trainer import RayPool
 from edge_client.data import ArrayData
 from edge_client.errors import TrainingError
 from edge_client.trainer import StepResult, TrainingJob, TrainingSession, local_runtime
@@ -101,14 +102,20 @@ class _Session:
         self.weights = None
 
     async def step(self) -> StepResult | None:
-        if self.weights is None:
+        weights = self.weights
+        if weights is None:
             raise TrainingError("training session already ended")
         batch = next(self.batches, None)
         if batch is None:
             return None
         x, y = batch
-        model = self._take_interpreter()
-        loss = model.train_step(x, y, self.learning_rate, self.mu)
+        pool = self.trainer.ray_pool
+        if pool is not None:
+            self.weights, loss = await pool.step(
+                self.trainer.device.index, weights, x, y, lr=self.learning_rate, mu=self.mu)
+        else:
+            model = self._take_interpreter()
+            loss = model.train_step(x, y, self.learning_rate, self.mu)
         self.trainer.recorder.train_steps += 1
         cost = self.trainer.step_seconds(len(x), self.batch_size)
         trainer = self.trainer
@@ -128,7 +135,10 @@ class _Session:
     async def finish(self) -> dict[str, np.ndarray]:
         if self.weights is None:
             raise TrainingError("training session already ended")
-        weights = self._take_interpreter().get_weights()
+        if self.trainer.ray_pool is not None:
+            weights = self.weights
+        else:
+            weights = self._take_interpreter().get_weights()
         self._end()
         return weights
 
@@ -150,7 +160,9 @@ class SimTrainer:
         calibration_step_s: float,
         calibration_batch: int,
         recorder: Recorder,
+        ray_pool: RayPool | None = None,
     ) -> None:
+        self.ray_pool = ray_pool  # train on Ray workers instead of the shared interpreter
         self.device = device
         self.x = x
         self.y = y

@@ -20,7 +20,8 @@ def _fleet(tmp_path: Path, **extra: object) -> Path:
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["--ray"], "--ray/--ray-address: training on Ray workers is not implemented"),
+        (["--ray", "--server", "http://127.0.0.1:9", "--token", "t" * 20],
+         "--server and --ray cannot be combined"),
         (["--server", "http://127.0.0.1:9"], "--server needs an operator token"),
         (["--model-dir", "{tmp}"], "no manifest.json"),
     ],

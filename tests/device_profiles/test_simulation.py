@@ -60,3 +60,26 @@ def test_a_small_fleet_learns_and_repeats_exactly(tmp_path: Path, exported_mlp: 
     second = _run(tmp_path, exported_mlp, "b")
     for name in ("versions.csv", "uploads.csv", "metrics.csv"):
         assert (first / name).read_text() == (second / name).read_text(), name
+
+
+@pytest.mark.slow
+def test_training_on_a_local_ray_worker_gives_the_same_run(
+    tmp_path: Path, exported_mlp: Path
+) -> None:
+    """The same fleet with training on a local Ray instance (one worker):
+    every batch goes through Ray, and the run matches the in-process one."""
+    small = {**FLEET, "duration_h": 0.5,
+                   "devices": [{"profile": "raspberry-pi-4", "count": 2}]}
+    results = []
+    for name, ray in (("local", False), ("ray", True)):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(small))
+        report = simulate(load_fleet(path), SimOptions(
+            out=tmp_path / name, workdir=tmp_path / f"{name}-work", model_dir=exported_mlp,
+            progress=False, calibration_step_s=2e-4, ray=ray, ray_workers=1))
+        results.append(report)
+    local, ray_run = (r.results[0].recorder for r in results)
+    assert ray_run.extra["ray_calls"] == ray_run.train_steps > 0
+    assert "ray_calls" not in local.extra
+    assert (tmp_path / "local" / "versions.csv").read_text() == (
+        tmp_path / "ray" / "versions.csv").read_text()
