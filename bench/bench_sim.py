@@ -64,7 +64,7 @@ def _simulate(work: Path, name: str, fleet: dict[str, Any], model_dir: Path, *,
 
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(fleet))
-    return simulate(load_fleet(path), SimOptions(
+    return simulate(load_fleet(path), SimOptions(  # workdir under the bench's temp dir
         out=work / name, workdir=work / f"{name}-work", model_dir=model_dir,
         compare=compare, progress=sys.stderr.isatty()))
 

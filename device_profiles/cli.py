@@ -76,6 +76,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         model_dir=args.model_dir,
     )
     report = simulate(fleet, options)
+    report.prepared.cleanup()
     print(report.summary.read_text(encoding="utf-8"))
     print(f"report: {report.summary}")
     return 0

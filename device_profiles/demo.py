@@ -54,12 +54,15 @@ def demo(*, out: Path | None, devices: int | None, hours: float | None, progress
     # accepted updates trained on in total.
     examples = max(1, sum(u.examples for u in rec.uploads if u.status == 202))
     union = np.concatenate(prep.parts)
-    baseline = central_baseline(
-        prep.model_dir, prep.dataset.x_train[union], prep.dataset.y_train[union],
-        prep.dataset.x_test, prep.dataset.y_test, examples=examples,
-        batch_size=int(prep.client["batch_size"]),
-        learning_rate=float(prep.client["learning_rate"]), seed=fleet.seed,
-    )
+    try:
+        baseline = central_baseline(
+            prep.model_dir, prep.dataset.x_train[union], prep.dataset.y_train[union],
+            prep.dataset.x_test, prep.dataset.y_test, examples=examples,
+            batch_size=int(prep.client["batch_size"]),
+            learning_rate=float(prep.client["learning_rate"]), seed=fleet.seed,
+        )
+    finally:
+        prep.cleanup()
     sent = sum(u.payload_bytes for u in rec.uploads if u.status == 202)
     dense = rec.accepted * result.dense_update_bytes
     final = rec.latest_accuracy

@@ -49,15 +49,21 @@ def _progress_bar(fleet: FleetSpec, mode: str, enabled: bool
 
 def simulate(fleet: FleetSpec, options: SimOptions, *, extra_summary: tuple[str, ...] = ()
              ) -> SimulationReport:
+    """Run and report. The caller calls ``report.prepared.cleanup()`` when done
+    with the export and the work directory."""
     prepared = prepare(fleet, options)
     results = []
-    for mode in modes_for(fleet, options):
-        update, bar = _progress_bar(fleet, mode, options.progress)
-        try:
-            results.append(run_mode(prepared, mode, options, update))
-        finally:
-            if bar is not None:
-                bar.close()
+    try:
+        for mode in modes_for(fleet, options):
+            update, bar = _progress_bar(fleet, mode, options.progress)
+            try:
+                results.append(run_mode(prepared, mode, options, update))
+            finally:
+                if bar is not None:
+                    bar.close()
+    except BaseException:
+        prepared.cleanup()
+        raise
     return write_report(prepared, tuple(results), options.out, extra_summary)
 
 

@@ -86,6 +86,13 @@ class Prepared:
     calibration: Calibration
     workdir: Path
     client: Mapping[str, Any]  # the plan's client section, for the baseline
+    owns_workdir: bool = False  # a temporary workdir: removed by cleanup()
+
+    def cleanup(self) -> None:
+        """Remove the temporary work directory (agents' state, service data,
+        the export) unless the caller chose it with ``--workdir``."""
+        if self.owns_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def load_dataset(fleet: FleetSpec) -> Dataset:
@@ -233,7 +240,7 @@ def prepare(fleet: FleetSpec, options: SimOptions) -> Prepared:
         "learning_rate": config.client.learning_rate, "max_examples": config.client.max_examples,
     }
     return Prepared(fleet, dataset, devices, parts, model_dir, manifest, calibration, workdir,
-                    client)
+                    client, owns_workdir=options.workdir is None)
 
 
 # --- the operator side, over any transport --------------------------------------------------
