@@ -100,7 +100,12 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def table(results: dict[str, Any]) -> str:
+def headline(row: dict[str, Any]) -> bool:
+    """Rows the README shows: those with a target, or marked as headline."""
+    return bool(row.get("target") or row.get("headline"))
+
+
+def table(results: dict[str, Any], rows: list[dict[str, Any]] | None = None) -> str:
     m = results["machine"]
     how = "Collected from the results files written by" if results.get("collected") else (
         "Measured by"
@@ -113,7 +118,7 @@ def table(results: dict[str, Any]) -> str:
         "| benchmark | metric | value | baseline | ratio | target | note |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for row in results["rows"]:
+    for row in results["rows"] if rows is None else rows:
         unit = f" {row['unit']}" if row.get("unit") else ""
         lines.append(
             "| {b} | {m} | {v}{u} | {bl} | {r} | {t} | {n} |".format(
@@ -165,11 +170,19 @@ def command(args: argparse.Namespace) -> int:
         "rows": rows,
     }
     (results_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    text = table(results)
-    print(text)
+    full = table(results)
+    print(full)
     if args.update_readme:
-        update_readme(bench_dir.parent / "README.md", text)
-        print("[bench] README.md results table updated", file=sys.stderr)
+        summary = table(results, [r for r in rows if headline(r)])
+        update_readme(bench_dir.parent / "README.md", summary)
+        docs = bench_dir.parent / "docs" / "benchmarks.md"
+        if docs.parent.is_dir():
+            docs.write_text(
+                "# Benchmark results\n\nEvery row `fedge bench` produced; README.md shows the "
+                "rows with a target. Regenerate with `fedge bench --update-readme`.\n\n"
+                f"{full}\n"
+            )
+        print("[bench] README.md results table and docs/benchmarks.md updated", file=sys.stderr)
     return 0
 
 

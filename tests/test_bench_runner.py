@@ -21,7 +21,8 @@ import json, sys
 from pathlib import Path
 quick = "--quick" in sys.argv
 rows = [{"benchmark": "toy", "metric": "speed", "value": 2.0 if quick else 3.0, "unit": "x/s",
-         "baseline": 1.0, "ratio": 2.0 if quick else 3.0, "target": ">= 1x", "note": ""}]
+         "baseline": 1.0, "ratio": 2.0 if quick else 3.0, "target": ">= 1x", "note": ""},
+        {"benchmark": "toy", "metric": "detail", "value": 7.0, "target": None}]
 out = Path(__file__).parent / "results"
 out.mkdir(exist_ok=True)
 (out / "toy.json").write_text(json.dumps(rows))
@@ -30,6 +31,7 @@ out.mkdir(exist_ok=True)
 
 def test_runs_benchmarks_and_updates_readme(tmp_path: Path) -> None:
     _write_bench(tmp_path / "bench", "toy", GOOD)
+    (tmp_path / "docs").mkdir()
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\n{bench.BEGIN}\nold\n{bench.END}\n\nrest\n")
     code = main(["bench", "--quick", "--bench-dir", str(tmp_path / "bench"), "--update-readme"])
@@ -41,6 +43,8 @@ def test_runs_benchmarks_and_updates_readme(tmp_path: Path) -> None:
     assert "old" not in text
     assert "| toy | speed | 2 x/s | 1 | 2× | >= 1x |" in text
     assert text.endswith("\nrest\n")
+    assert "detail" not in text  # no target: only in docs/benchmarks.md
+    assert "| toy | detail | 7 |" in (tmp_path / "docs" / "benchmarks.md").read_text()
 
 
 def test_unknown_benchmark_is_a_clear_error(
