@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -50,6 +51,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not args.verbose:
+        # TensorFlow's C++ and absl chatter (CUDA probing, SavedModel loading)
+        # drowns the user's output; it is still there with --verbose.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        for noisy in ("absl", "tensorflow"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help(sys.stderr)

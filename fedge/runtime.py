@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,7 +115,11 @@ class TrainableModel:
         manifest.check_model_bytes(content)
         interpreter_cls, self.runtime = _interpreter_class(runtime)
         try:
-            self._interpreter = interpreter_cls(model_content=content, num_threads=num_threads)
+            with warnings.catch_warnings():
+                # TF's own interpreter warns that it is deprecated; fedge uses
+                # it only as the last fallback, and says which runtime it uses.
+                warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
+                self._interpreter = interpreter_cls(model_content=content, num_threads=num_threads)
             self._runners = {
                 name: self._interpreter.get_signature_runner(name)
                 for name in manifest.signatures
