@@ -27,6 +27,9 @@ import yaml
 
 from aggregation_service.codec import validate_codec_spec
 from aggregation_service.errors import ConfigError
+from privacy.dp import DPConfig, DPMode, check_codec_compatible
+from privacy.errors import PrivacyConfigError
+from privacy.robust import RobustConfig
 
 OPERATOR_TOKEN_ENV = "FEDGE_OPERATOR_TOKEN"
 
@@ -34,6 +37,12 @@ OPERATOR_TOKEN_ENV = "FEDGE_OPERATOR_TOKEN"
 class AggregationMode(str, enum.Enum):
     ASYNC = "async"  # FedBuff: every K accepted updates make a version
     SYNC = "sync"  # rounds: select, over-select, close at the deadline
+
+
+class Aggregator(str, enum.Enum):
+    MEAN = "mean"  # the weighted running sum: O(model) memory
+    MEDIAN = "median"  # sync only: coordinate-wise median of the round's updates
+    TRIMMED_MEAN = "trimmed_mean"  # sync only: coordinate-wise trimmed mean
 
 
 class OptimizerName(str, enum.Enum):
@@ -194,6 +203,48 @@ class Eligibility:
 
 
 @dataclass(frozen=True)
+class DPSettings:
+    """The ``dp`` section: :class:`privacy.dp.DPConfig` plus ``population``, a
+    lower bound on the devices that could contribute to one step (None: the
+    accountant charges every step with q = 1, the conservative choice)."""
+
+    dp: DPConfig
+    population: int | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str) -> DPSettings:
+        rest = dict(data)
+        population = rest.pop("population", None)
+        if population is not None and (
+            not isinstance(population, int) or isinstance(population, bool) or population < 1
+        ):
+            raise ConfigError(f"{where}.population: expected an integer ≥ 1, got {population!r}")
+        try:
+            dp = DPConfig.from_dict(rest, where)
+        except PrivacyConfigError as exc:
+            raise ConfigError(str(exc)) from exc
+        if dp.mode is DPMode.LOCAL:
+            raise ConfigError(
+                f"{where}.mode: local DP is not yet wired in the service (the agent would "
+                "have to add the noise); use mode 'central'"
+            )
+        if dp.adaptive is not None:
+            raise ConfigError(
+                f"{where}.adaptive: adaptive clipping is not yet wired in the service (devices "
+                "do not report clip bits yet); remove dp.adaptive and set a fixed dp.clip_norm"
+            )
+        if dp.clip_norm is None:
+            raise ConfigError(
+                f"{where}.clip_norm: the service needs a clip norm to bound each update "
+                "(the sensitivity of the noised sum)"
+            )
+        return cls(dp, population)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.dp.to_dict(), "population": self.population}
+
+
+@dataclass(frozen=True)
 class TrainingConfig:
     mode: AggregationMode = AggregationMode.ASYNC
     buffer_size: int = 10  # K
@@ -212,10 +263,23 @@ class TrainingConfig:
     max_update_norm: float | None = None  # L2 bound on a decoded update; None: no bound
     pace_min_retry_s: float = 30.0
     pace_max_retry_s: float = 900.0
+    # Privacy and robustness (docs/privacy.md): all off by default.
+    dp: DPSettings | None = None
+    robust: RobustConfig | None = None
+    aggregator: Aggregator = Aggregator.MEAN
+    trim_fraction: float = 0.1  # aggregator: trimmed_mean, per side
+    secagg: bool = False
 
     @property
     def required_reports(self) -> int:
         return self.min_reports or self.clients_per_round
+
+    @property
+    def update_norm_bound(self) -> float | None:
+        """The L2 bound every decoded update must meet: ``max_update_norm``,
+        tightened to ``dp.clip_norm`` when DP is on (the noise's sensitivity)."""
+        bounds = [b for b in (self.max_update_norm, self.dp and self.dp.dp.clip_norm) if b]
+        return min(bounds) if bounds else None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "training") -> TrainingConfig:
@@ -249,7 +313,13 @@ class TrainingConfig:
             max_update_norm=_opt_float(data, "max_update_norm", where),
             pace_min_retry_s=_float(data, "pace_min_retry_s", where, 30.0, strict=True),
             pace_max_retry_s=_float(data, "pace_max_retry_s", where, 900.0, strict=True),
+            dp=_dp_section(data, where),
+            robust=_robust_section(data, where),
+            aggregator=_enum(data, "aggregator", where, Aggregator, Aggregator.MEAN),
+            trim_fraction=_float(data, "trim_fraction", where, 0.1, maximum=0.49),
+            secagg=_bool(data, "secagg", where, False),
         )
+        _check_privacy(config, where)
         if config.pace_max_retry_s < config.pace_min_retry_s:
             raise ConfigError(f"{where}.pace_max_retry_s: must be ≥ pace_min_retry_s")
         if config.min_reports > config.clients_per_round:
@@ -269,6 +339,9 @@ class TrainingConfig:
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
+            if isinstance(value, (DPSettings, RobustConfig)):
+                out[f.name] = value.to_dict()
+                continue
             if dataclasses.is_dataclass(value):
                 value = {g.name: plain(getattr(value, g.name)) for g in dataclasses.fields(value)}
             out[f.name] = plain(value)
@@ -289,6 +362,65 @@ class TrainingConfig:
             else:
                 merged[key] = value
         return TrainingConfig.from_dict(merged)
+
+
+def _dp_section(data: Mapping[str, Any], where: str) -> DPSettings | None:
+    section = _section(data, "dp", where)
+    return DPSettings.from_dict(section, f"{where}.dp") if section else None
+
+
+def _robust_section(data: Mapping[str, Any], where: str) -> RobustConfig | None:
+    section = _section(data, "robust", where)
+    if not section:
+        return None
+    try:
+        return RobustConfig.from_dict(section, f"{where}.robust")
+    except PrivacyConfigError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def _check_privacy(config: TrainingConfig, where: str) -> None:
+    """Cross-checks between the privacy sections and the rest (docs/privacy.md, Wiring)."""
+    if config.secagg:
+        from privacy.secagg import check_mode  # noqa: PLC0415 - loads `cryptography`: only when asked
+
+        try:
+            check_mode(config.mode.value)
+        except PrivacyConfigError as exc:
+            raise ConfigError(f"{where}.{exc}") from exc
+        raise ConfigError(
+            f"{where}.secagg: secure aggregation is not yet wired in the service (privacy.secagg "
+            "implements the protocol, but the device endpoints do not exist yet); set secagg: false"
+        )
+    if config.aggregator is not Aggregator.MEAN:
+        if config.mode is not AggregationMode.SYNC:
+            raise ConfigError(
+                f"{where}.aggregator: {config.aggregator.value!r} needs the individual updates "
+                "of a synchronous round; in async mode use 'mean' (and robust: for screening)"
+            )
+        if config.dp is not None:
+            raise ConfigError(
+                f"{where}.aggregator: {config.aggregator.value!r} does not combine with dp: the "
+                "noise is calibrated to the sensitivity of a sum, not of a median"
+            )
+        raise ConfigError(
+            f"{where}.aggregator: {config.aggregator.value!r} is not yet wired in the service "
+            "(privacy.robust has it; the round's individual updates are not kept yet); use "
+            "'mean', with robust: to screen updates"
+        )
+    if config.dp is not None:
+        dp = config.dp.dp
+        try:
+            check_codec_compatible(dp, config.codec)
+        except PrivacyConfigError as exc:
+            raise ConfigError(f"{where}.{exc}") from exc
+        limit = config.max_update_norm
+        if dp.clip_norm is not None and limit is not None and limit > dp.clip_norm:
+            raise ConfigError(
+                f"{where}.max_update_norm: {limit:g} is above dp.clip_norm = {dp.clip_norm:g}; "
+                "with DP the service enforces the clip norm, so leave max_update_norm unset "
+                "or at most dp.clip_norm"
+            )
 
 
 # --- the process -----------------------------------------------------------------------

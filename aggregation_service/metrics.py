@@ -151,6 +151,22 @@ class Metrics:
         self.checkins = Counter("fedge_checkins_total", "Check-ins by answer", ["action", "reason"])
         self.rate_limited = Counter("fedge_rate_limited_total", "Requests answered 429")
         self.devices = Gauge("fedge_devices", "Enrolled devices by last known state", ["state"])
+        self.updates_quarantined = Counter(
+            "fedge_updates_quarantined_total",
+            "Updates left out as anomalous (robust), by model and reason",
+            ["model", "reason"],
+        )
+        self.updates_throttled = Counter(
+            "fedge_updates_throttled_total",
+            "Uploads answered 429 because their device keeps sending anomalous updates",
+            ["model"],
+        )
+        self.dp_epsilon = Gauge(
+            "fedge_dp_epsilon",
+            "Cumulative ε of the last published DP version, by model (+Inf without noise)",
+            ["model"],
+        )
+        self.dp_delta = Gauge("fedge_dp_delta", "δ of the DP guarantee, by model", ["model"])
         self.outstanding = Gauge(
             "fedge_outstanding_assignments", "Plans handed out and not yet reported", ["model"]
         )

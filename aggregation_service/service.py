@@ -33,6 +33,7 @@ import hmac
 import io
 import json
 import logging
+import math
 import random
 import secrets
 import time
@@ -44,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from aggregation_service import codec
+from aggregation_service import codec, privacy_hooks
 from aggregation_service.blobs import BlobStore
 from aggregation_service.buffer import Buffer
 from aggregation_service.config import AggregationMode, ServiceConfig, TrainingConfig
@@ -68,6 +69,7 @@ from fedge.clock import Clock, SystemClock
 from fedge.errors import FedgeError
 from fedge.manifest import Manifest, ManifestError
 from fedge.runtime import TrainableModel
+from privacy.robust import Action
 
 log = logging.getLogger("aggregation_service")
 
@@ -271,6 +273,7 @@ class AggregationService:
         self._reported: list[str] = []
         self._manifest_cache: dict[tuple[str, int], Manifest] = {}
         self._push_lock = asyncio.Lock()
+        self._screens = privacy_hooks.Screens()  # robust: per-model anomaly scorer + policy
         self.started = False
         self.metrics.buffer_fill.collect = lambda: {
             (n,): float(m.buffer.count) for n, m in self.models.items()
@@ -305,13 +308,15 @@ class AggregationService:
         row = await self.store.run(self.store.version, model, version)
         if row is None:
             raise not_found("unknown_version", f"model {model!r} has no version {version}")
-        return row
+        reports = await self.store.run(privacy_hooks.reports, self.store, model)
+        return privacy_hooks.with_privacy(row, reports.get(version))
 
     # --- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
         await self.store.run(self.store.open)
+        await self.store.run(privacy_hooks.ensure_schema, self.store)
         await self._io_run(self.log.open)
         for row in await self.store.run(self.store.models):
             self.models[row.name] = await self._load_runtime(row)
@@ -638,6 +643,8 @@ class AggregationService:
         assert row is not None
         versions = await self.store.run(self.store.versions, name)
         updates, devices = await self.store.run(self.store.lineage_stats, name)
+        reports = await self.store.run(privacy_hooks.reports, self.store, name)
+        versions = [privacy_hooks.with_privacy(v, reports.get(v.version)) for v in versions]
         return {
             "model": name,
             "paused": rt.paused,
@@ -654,6 +661,8 @@ class AggregationService:
             "num_updates": updates,
             "num_devices": devices,
             "versions": [v.to_json() for v in versions],
+            # Cumulative (ε, δ) of the training version's lineage; None without DP.
+            "privacy": reports.get(rt.training.version),
         }
 
     async def promote(self, name: str, version: int) -> dict[str, Any]:
@@ -1131,7 +1140,10 @@ class AggregationService:
                 return False
             item.round_id, item.round_deadline = r.round_id, r.deadline_at
         item.tau = tau
-        item.weight = staleness_weight(req.examples, tau, cfg.staleness_exponent)
+        # Under DP the weight is the staleness factor alone (≤ 1): example counts
+        # would make one device's contribution, hence the sensitivity, unbounded.
+        examples = 1 if cfg.dp is not None else req.examples
+        item.weight = staleness_weight(examples, tau, cfg.staleness_exponent)
         batch_keys[key] = item
         batch_assignments.add(req.assignment_id)
         return True
@@ -1147,7 +1159,11 @@ class AggregationService:
         keys: dict[str, _Intake] = {}
         assignments: set[str] = set()
         todo = [item for item in batch if self._admit(rt, item, keys, assignments)]
-        max_norm = rt.config.max_update_norm
+        max_norm = rt.config.update_norm_bound
+        screen = self._screens.get(rt.name, rt.config.robust)
+        dense: dict[int, dict[str, np.ndarray]] = {}
+        if screen is not None and todo:
+            todo = await self._screen(rt, screen, todo, dense)
         while todo:
             if rt.config.mode is AggregationMode.SYNC and (rt.round is None or rt.round.closed):
                 for item in todo:  # the round closed with an earlier part of this batch
@@ -1172,8 +1188,70 @@ class AggregationService:
                 if error is not None:
                     item.future.set_exception(self._reject(unprocessable("bad_update", error)))
                 else:
+                    if screen is not None and id(item) in dense:
+                        screen.scorer.observe(dense[id(item)])
                     self._book(rt, item)
             todo = todo[len(errors) :]
+
+    async def _screen(
+        self,
+        rt: ModelRuntime,
+        screen: privacy_hooks.Screen,
+        todo: list[_Intake],
+        dense: dict[int, dict[str, np.ndarray]],
+    ) -> list[_Intake]:
+        """robust: score each update before it touches the sum (docs/privacy.md §4);
+        answer quarantined ones 422 and throttled devices 429. Fills ``dense``."""
+        now = self.clock.time()
+        keep: list[_Intake] = []
+        for item in todo:
+            wait = screen.policy.throttled(item.req.device_id, now)
+            if wait is not None:
+                item.future.set_exception(self._throttled(rt, item, wait))
+            else:
+                keep.append(item)
+        decoded = await self._cpu_run(
+            privacy_hooks.decode_dense, [i.req.body for i in keep], [i.expected for i in keep]
+        )
+        out: list[_Intake] = []
+        for item, update in zip(keep, decoded, strict=True):
+            if isinstance(update, str):
+                item.future.set_exception(self._reject(unprocessable("bad_update", update)))
+                continue
+            decision = screen.decide(item.req.device_id, update, now)
+            if decision.action is Action.THROTTLE:
+                item.future.set_exception(
+                    self._throttled(rt, item, decision.retry_after or screen.config.throttle_s)
+                )
+            elif decision.action is Action.QUARANTINE:
+                reasons = [r.value for r in decision.reasons]
+                for reason in reasons:
+                    self.metrics.updates_quarantined.inc(rt.name, reason)
+                item.future.set_exception(
+                    self._reject(
+                        unprocessable(
+                            "anomalous_update",
+                            f"update left out as anomalous ({', '.join(reasons)}); "
+                            f"{decision.strikes} strike(s) for this device",
+                        )
+                    )
+                )
+            else:
+                dense[id(item)] = update
+                out.append(item)
+        return out
+
+    def _throttled(self, rt: ModelRuntime, item: _Intake, wait: float) -> ApiError:
+        self.metrics.updates_throttled.inc(rt.name)
+        return self._reject(
+            ApiError(
+                429,
+                "throttled",
+                f"device {item.req.device_id} sent repeated anomalous updates; "
+                f"retry in {wait:.0f} s",
+                headers={"Retry-After": str(max(1, round(wait + 0.5)))},
+            )
+        )
 
     def _book(self, rt: ModelRuntime, item: _Intake) -> None:
         """Log an update already summed into the open buffer, and seal if complete."""
@@ -1313,9 +1391,28 @@ class AggregationService:
             log.warning("model %s: round abandoned with %d reports", rt.name, buf.count)
             return
         optimizer = make_optimizer(rt.config.optimizer)
+        version = max(rt.parents) + 1
+        dp = rt.config.dp
+        privacy: tuple[dict[str, Any], dict[str, Any]] | None = None
+        noise_seed = 0
+        if dp is not None:
+            noise_seed = await self.store.run(privacy_hooks.model_seed, self.store, rt.name)
+            ledger = await self.store.run(
+                privacy_hooks.accountant_state, self.store, rt.name, base.version
+            )
+            # Tens of ms of RDP maths: on the publish thread, not the decode thread.
+            privacy = await asyncio.get_running_loop().run_in_executor(
+                self._publish_pool, privacy_hooks.account, ledger, dp, version, buf.count
+            )
+        k = privacy_hooks.fixed_denominator(rt.config)
 
         def step() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], bytes, bytes]:
-            delta = buf.mean()
+            if dp is not None:  # Gaussian noise on the sum, then a fixed denominator
+                delta = privacy_hooks.dp_mean(
+                    buf.sums, dp, privacy_hooks.noise_rng(noise_seed, version), k
+                )
+            else:
+                delta = buf.mean()
             trainable = {k: rt.weights[k] for k in delta}
             new_trainable, state = optimizer.step(trainable, delta, rt.optimizer_state)
             weights = {**rt.weights, **new_trainable}
@@ -1327,7 +1424,8 @@ class AggregationService:
         weights, state, frame, state_bytes = await loop.run_in_executor(self._publish_pool, step)
         weights_sha = await self._io_run(self.blobs.put, frame)
         state_sha = await self._io_run(self.blobs.put, state_bytes) if state else None
-        version = max(rt.parents) + 1
+        if privacy is not None:  # before the commit; a replay rewrites the same row
+            await self.store.run(privacy_hooks.save_version, self.store, rt.name, version, *privacy)
         row = VersionRow(
             model=rt.name,
             version=version,
@@ -1353,6 +1451,10 @@ class AggregationService:
         for key, _ in buf.keys:
             rt.pending_keys.pop(key, None)
         self.metrics.versions_published.inc(rt.name)
+        if privacy is not None:
+            eps = privacy[0]["epsilon"]
+            self.metrics.dp_epsilon.values[(rt.name,)] = math.inf if eps is None else float(eps)
+            self.metrics.dp_delta.values[(rt.name,)] = float(privacy[0]["delta"])
         self.metrics.aggregation_seconds.observe(time.perf_counter() - started)
         log.info(
             "model %s: published version %d from %d updates (%d devices)",

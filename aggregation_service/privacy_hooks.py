@@ -1,0 +1,248 @@
+"""The service's calls into :mod:`privacy`: DP noise and accounting at
+publication, anomaly screening at intake, robust sync aggregators.
+
+Kept apart from :mod:`aggregation_service.service` so that the default path
+(no ``dp``, no ``robust``, ``aggregator: mean``) is unchanged: every hook is a
+no-op unless its section is configured.
+
+Persistence (two tables of the service's SQLite file, created here):
+
+- ``privacy_secrets(model, seed)`` — a 128-bit secret per model. The Gaussian
+  noise of version v is drawn from ``SeedSequence([seed, v])``, so replaying
+  the update log after a crash publishes the identical version. **The seed is
+  secret server state**: whoever knows it and the published versions can
+  subtract the noise. It never leaves the database (not in any API answer,
+  log line or metric).
+- ``privacy_versions(model, version, report, accountant)`` — the accountant's
+  report for each DP version and its whole state after that step. A publish
+  reads the state of its *base* version (so a rollback continues from the
+  right ledger), records one step on a copy, writes the row, then commits the
+  publication. A crash between the two leaves a row for a version that was
+  never committed; the replayed publication overwrites it with the same
+  values.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+import quantization
+from aggregation_service import codec
+from aggregation_service.config import Aggregator, DPSettings, TrainingConfig
+from aggregation_service.store import Store, VersionRow
+from privacy.accountant import PrivacyAccountant
+from privacy.dp import add_noise
+from privacy.robust import (
+    Action,
+    AnomalyScorer,
+    Decision,
+    QuarantinePolicy,
+    RobustConfig,
+    coordinate_median,
+    trimmed_mean,
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS privacy_secrets (
+    model TEXT PRIMARY KEY,
+    seed TEXT NOT NULL                -- secret: the noise of every DP version derives from it
+);
+CREATE TABLE IF NOT EXISTS privacy_versions (
+    model TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    report TEXT NOT NULL,             -- PrivacyReport.to_dict() of this version's step
+    accountant TEXT NOT NULL,         -- PrivacyAccountant.to_dict() after this step
+    PRIMARY KEY (model, version)
+);
+"""
+
+
+# --- storage (blocking: call through Store.run) -----------------------------------------
+
+
+def ensure_schema(store: Store) -> None:
+    store.conn.executescript(SCHEMA)
+
+
+def model_seed(store: Store, model: str) -> int:
+    """The model's secret noise seed, created on first use."""
+    conn = store.conn
+    row = conn.execute("SELECT seed FROM privacy_secrets WHERE model = ?", (model,)).fetchone()
+    if row is not None:
+        return int(row[0], 16)
+    seed = secrets.randbits(128)
+    with conn:
+        conn.execute(
+            "INSERT OR IGNORE INTO privacy_secrets (model, seed) VALUES (?, ?)",
+            (model, format(seed, "032x")),
+        )
+    row = conn.execute("SELECT seed FROM privacy_secrets WHERE model = ?", (model,)).fetchone()
+    return int(row[0], 16)
+
+
+def save_version(
+    store: Store, model: str, version: int, report: Mapping[str, Any], state: Mapping[str, Any]
+) -> None:
+    conn: sqlite3.Connection = store.conn
+    with conn:
+        conn.execute(
+            "INSERT OR REPLACE INTO privacy_versions (model, version, report, accountant) "
+            "VALUES (?, ?, ?, ?)",
+            (model, version, json.dumps(report), json.dumps(state)),
+        )
+
+
+def accountant_state(store: Store, model: str, version: int) -> dict[str, Any] | None:
+    row = store.conn.execute(
+        "SELECT accountant FROM privacy_versions WHERE model = ? AND version = ?",
+        (model, version),
+    ).fetchone()
+    return None if row is None else dict(json.loads(row[0]))
+
+
+def reports(store: Store, model: str) -> dict[int, dict[str, Any]]:
+    rows = store.conn.execute(
+        "SELECT version, report FROM privacy_versions WHERE model = ?", (model,)
+    ).fetchall()
+    return {int(v): dict(json.loads(r)) for v, r in rows}
+
+
+# --- DP at publication ------------------------------------------------------------------
+
+
+def noise_rng(seed: int, version: int) -> np.random.Generator:
+    """Deterministic per (secret seed, version): replay draws the same noise."""
+    return np.random.default_rng(np.random.SeedSequence([seed, version]))
+
+
+def fixed_denominator(config: TrainingConfig) -> int:
+    """K in FedBuff, clients per round in sync mode: never the realized count
+    or weight sum, which would leak participation."""
+    if config.mode.value == "sync":
+        return config.clients_per_round
+    return config.buffer_size
+
+
+def dp_mean(
+    sums: Mapping[str, np.ndarray], settings: DPSettings, rng: np.random.Generator, k: int
+) -> dict[str, np.ndarray]:
+    """(Σ wᵢΔᵢ + N(0, (z·C)²)) / K, with every wᵢ ≤ 1 (staleness only)."""
+    noised = add_noise(sums, settings.dp, rng, clip_norm=settings.dp.clip_norm, max_weight=1.0)
+    return {name: value / float(k) for name, value in noised.items()}
+
+
+def account(
+    state: Mapping[str, Any] | None, settings: DPSettings, version: int, updates: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Charge one step that published ``version`` on a copy of ``state``;
+    returns (the step's report, the new state). Blocking (tens of ms)."""
+    if state is None:
+        acc = PrivacyAccountant(settings.dp)
+    else:
+        # Steps already charged keep their own (q, z); the current δ applies.
+        acc = PrivacyAccountant.from_dict({**state, "dp": settings.dp.to_dict()})
+    if settings.population is None:
+        report = acc.record(version, sampling_probability=1.0)  # no lower bound: q = 1
+    else:
+        # A lower bound below this step's count is impossible: charge q = 1.
+        report = acc.record(version, updates=updates, population=max(settings.population, updates))
+    # JSON has no infinity: ε = ∞ (noise_multiplier 0, clipping only) is null.
+    out = {
+        k: (None if isinstance(v, float) and not np.isfinite(v) else v)
+        for k, v in report.to_dict().items()
+    }
+    out["participation"] = settings.dp.participation.value
+    out["population"] = settings.population
+    return out, acc.to_dict()
+
+
+@dataclass(frozen=True)
+class PrivateVersionRow(VersionRow):
+    """A version row whose JSON carries its DP report."""
+
+    privacy: Mapping[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **super().to_json(),
+            "privacy": None if self.privacy is None else dict(self.privacy),
+        }
+
+
+def with_privacy(row: VersionRow, report: Mapping[str, Any] | None) -> VersionRow:
+    if report is None:
+        return row
+    fields = {f: getattr(row, f) for f in row.__dataclass_fields__}
+    return PrivateVersionRow(**fields, privacy=report)
+
+
+# --- robustness at intake ---------------------------------------------------------------
+
+
+class Screen:
+    """One model's anomaly scorer and quarantine policy (in memory: a restart
+    starts a new warm-up and forgets strikes)."""
+
+    def __init__(self, config: RobustConfig) -> None:
+        self.config = config
+        self.scorer = AnomalyScorer(config)
+        self.policy = QuarantinePolicy(config)
+
+    def decide(self, device: str, dense: Mapping[str, np.ndarray], now: float) -> Decision:
+        return self.policy.decide(device, self.scorer.score(dense), now)
+
+
+class Screens:
+    """The per-model :class:`Screen`, rebuilt when the ``robust`` section changes."""
+
+    def __init__(self) -> None:
+        self._screens: dict[str, Screen] = {}
+
+    def get(self, model: str, config: RobustConfig | None) -> Screen | None:
+        if config is None:
+            self._screens.pop(model, None)
+            return None
+        screen = self._screens.get(model)
+        if screen is None or screen.config != config:
+            screen = self._screens[model] = Screen(config)
+        return screen
+
+
+def decode_dense(
+    bodies: Sequence[bytes], expected: Sequence[Mapping[str, tuple[int, ...]]]
+) -> list[dict[str, np.ndarray] | str]:
+    """Decode each frame once into a scratch dense update (only when robust
+    screening is on); a frame that does not decode gives its error message.
+    Runs on the decode thread."""
+    out: list[dict[str, np.ndarray] | str] = []
+    for body, exp in zip(bodies, expected, strict=True):
+        try:
+            dense = quantization.decode(body, expected=dict(exp))
+        except codec.CodecError as exc:
+            out.append(str(exc))
+            continue
+        out.append({k: np.asarray(v, dtype=np.float64) for k, v in dense.items()})
+    return out
+
+
+def is_accept(decision: Decision) -> bool:
+    return decision.action is Action.ACCEPT
+
+
+# --- robust sync aggregators ------------------------------------------------------------
+
+
+def robust_mean(
+    updates: Sequence[Mapping[str, np.ndarray]], config: TrainingConfig
+) -> dict[str, np.ndarray]:
+    """The round's pseudo-gradient with ``aggregator: median | trimmed_mean``."""
+    if config.aggregator is Aggregator.MEDIAN:
+        return coordinate_median(updates)
+    return trimmed_mean(updates, config.trim_fraction)
