@@ -867,6 +867,10 @@ class AggregationService:
         refusal = self._ineligible(cfg, body)
         if refusal:
             return wait(refusal, cfg.pace_min_retry_s * 2 * jitter)
+        screen = self._screens.get(name, cfg.robust)
+        throttled = screen.policy.throttled(device_id, self.clock.time()) if screen else None
+        if throttled is not None:  # robust: a device that keeps sending anomalous updates
+            return wait("throttled", throttled)
         round_ = None
         if cfg.mode is AggregationMode.SYNC:
             round_ = self._current_round(rt)

@@ -261,9 +261,12 @@ async def test_anomalous_update_is_rejected_and_a_repeat_offender_throttled(
     for k, value in before.items():
         np.testing.assert_array_equal(rt.buffer.sums[k], value)
 
+    spare = await env.plan(bad)  # a plan taken before the device is throttled
     status, body = await env.upload(bad, await env.plan(bad), frame(delta(100.0)))
-    assert status == 429, body  # second strike: throttled
-    plan = await env.plan(bad)
+    assert status == 429 and body["error"]["code"] == "throttled", body  # second strike
+    answer = await env.checkin(bad)
+    assert answer["action"] == "wait" and answer["reason"] == "throttled", answer
+    assert 590 <= answer["retry_after"] <= 600
     r = await env.client.post(
         "/v1/devices/updates",
         data=frame(delta()),
@@ -271,13 +274,13 @@ async def test_anomalous_update_is_rejected_and_a_repeat_offender_throttled(
             **bad.auth,
             "Content-Type": "application/octet-stream",
             "Idempotency-Key": "after-throttle",
-            "Fedge-Assignment": plan["assignment_id"],
+            "Fedge-Assignment": spare["assignment_id"],
             "Fedge-Model": "m",
-            "Fedge-Base-Version": str(plan["version"]),
+            "Fedge-Base-Version": str(spare["version"]),
             "Fedge-Examples": "5",
         },
     )
-    assert r.status == 429 and 500 <= int(r.headers["Retry-After"]) <= 601
+    assert r.status == 429 and 590 <= int(r.headers["Retry-After"]) <= 601
     assert rt.buffer.count == count
     status, body = await env.upload(honest, await env.plan(honest), frame(delta()))
     assert status == 202, body  # the honest device is not affected
