@@ -44,6 +44,7 @@ from edge_client.errors import (
 from edge_client.lifecycle import AgentState, Lifecycle
 from edge_client.protocol import AGENT_VERSION, Plan, ProtocolClient
 from edge_client.retry import Backoff
+from edge_client.status import FileStatus, StatusSink
 from edge_client.storage import Identity, QueuedUpload, StateDir
 from edge_client.trainer import Trainer, TrainingJob
 from fedge.clock import Clock
@@ -105,6 +106,7 @@ class Agent:
         state: StateDir | None = None,
         identity: Identity | None = None,
         rng: random.Random | None = None,
+        status: StatusSink | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
@@ -113,6 +115,12 @@ class Agent:
         self.trainer = trainer
         self.state = state or StateDir(config.state_dir)
         self.rng = rng or random.Random(config.seed)
+        # Its own stream, so jittered re-checks leave the training seeds and
+        # backoff draws of a seeded agent as they were.
+        self._recheck_rng = random.Random(
+            None if config.seed is None else f"fedge-recheck-{config.seed}"
+        )
+        self.status = status or FileStatus(self.state)
         self.policy = Policy(config.policy, clock)
         self.lifecycle = Lifecycle(clock, self._on_transition)
         self.identity = identity
@@ -134,7 +142,11 @@ class Agent:
         self._write_status()
 
     def _write_status(self) -> None:
-        status = {
+        self.status.publish(self.status_snapshot)
+
+    def status_snapshot(self) -> dict[str, Any]:
+        """What `fedge agent status` shows: state, eligibility, queue, last results."""
+        return {
             "state": self.lifecycle.state.value,
             "since": self.clock.time(),
             "model": self.config.model,
@@ -146,11 +158,6 @@ class Agent:
             "cached_version": self.cache.cached_version(self.config.model),
             "last_results": [r.to_dict() for r in self.results[-MAX_RESULTS:]],
         }
-        try:
-            self.state.save_status(status)
-        except StateWriteError as exc:
-            # The status file is for humans; a full disk must not stop the agent.
-            log.warning("cannot write status: %s", exc)
 
     def _finish(self, result: CycleResult) -> CycleResult:
         self.results.append(result)
@@ -203,6 +210,15 @@ class Agent:
     def _backoff_wait(self, floor: float = 0.0) -> float:
         return self.backoff.next_wait(floor)
 
+    def _recheck_wait(self) -> float:
+        """The policy's re-check interval, jittered so a fleet that booted (or
+        lost power) together does not re-check in lockstep."""
+        policy = self.config.policy
+        jitter = policy.recheck_jitter
+        if jitter <= 0:
+            return policy.recheck_interval_s
+        return policy.recheck_interval_s * self._recheck_rng.uniform(1 - jitter, 1 + jitter)
+
     # --- the cycle ----------------------------------------------------------
     async def run_cycle(self) -> CycleResult:
         await self.start()
@@ -231,7 +247,7 @@ class Agent:
                         self._next_checkin_at = now + answer.retry_after
                 if self.lifecycle.state is not S.WAITING_FOR_ELIGIBILITY:
                     self._to(S.WAITING_FOR_ELIGIBILITY, "not eligible")
-            return self._result(INELIGIBLE, policy.recheck_interval_s, reasons=eligibility.reasons)
+            return self._result(INELIGIBLE, self._recheck_wait(), reasons=eligibility.reasons)
 
         if now < self._next_checkin_at:
             return self._result(
@@ -326,12 +342,12 @@ class Agent:
         self._to(S.WAITING_FOR_ELIGIBILITY, "cycle done")
         if mine is None:
             return self._result(
-                DROPPED, self.config.policy.recheck_interval_s,
+                DROPPED, self._recheck_wait(),
                 detail=self._dropped.get(entry.idempotency_key, "refused"), **base,
             )
         self.backoff.reset()
         return self._result(
-            UPLOADED, self.config.policy.recheck_interval_s, update_id=mine, **base
+            UPLOADED, self._recheck_wait(), update_id=mine, **base
         )
 
     async def _train(
@@ -366,7 +382,7 @@ class Agent:
                     await session.abort()
                     self._to(S.WAITING_FOR_ELIGIBILITY, f"lapsed: {','.join(eligibility.reasons)}")
                     return self._result(
-                        LAPSED, self.config.policy.recheck_interval_s,
+                        LAPSED, self._recheck_wait(),
                         reasons=eligibility.reasons, version=plan.version, examples=examples,
                         batches=batches, detail="eligibility lapsed during training",
                     )

@@ -10,6 +10,7 @@ in ``cache/partial`` and resume with ``Range``.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import logging
 from collections.abc import Mapping
@@ -70,15 +71,33 @@ class ModelCache:
         self.state = state
         self.client = client
         self.root = state.root / "cache"
+        self._index_key: tuple[int, int, int] | None = None
+        self._index_data: dict[str, Any] | None = None
 
     # index ---------------------------------------------------------------
     def _index(self) -> dict[str, Any]:
+        """The cache index (shared: copy it before changing it). Every check-in
+        asks for the cached version, so the parsed file is kept and re-read only
+        when its identity on disk (inode, size, mtime) changes, as a rename or
+        an edit does."""
+        path = self.root / "index.json"
         try:
-            data = read_json(self.root / "index.json")
+            st = path.stat()
+            key: tuple[int, int, int] | None = (st.st_ino, st.st_size, st.st_mtime_ns)
+        except OSError:
+            key = None
+        if key is not None and key == self._index_key and self._index_data is not None:
+            return self._index_data
+        try:
+            data = read_json(path)
         except StateReadError as exc:
             log.warning("%s; starting with an empty cache", exc)
             data = None
-        return data if isinstance(data, dict) else {"models": {}}
+        if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
+            self._index_key, self._index_data = None, None
+            return {"models": {}}
+        self._index_key, self._index_data = key, data
+        return data
 
     def cached_version(self, model: str) -> int | None:
         entry = self._index()["models"].get(model)
@@ -230,7 +249,7 @@ class ModelCache:
         self.state.writer.write_bytes(
             self._weights_path(plan.model, plan.version), arrays_to_bytes(weights)
         )
-        index = self._index()
+        index = copy.deepcopy(self._index())
         previous = index["models"].get(plan.model)
         index["models"][plan.model] = {
             "version": plan.version,

@@ -116,7 +116,16 @@ class PolicyConfig:
     unmetered_only: bool = True
     allowed_hours: tuple[int, int] | None = None
     recheck_interval_s: float = 60.0
+    # Each re-check waits recheck_interval_s × U(1 − j, 1 + j): devices that
+    # booted together (a power cut, a fleet roll-out) drift apart.
+    recheck_jitter: float = 0.1
     report_interval_s: float = 1800.0
+
+    @classmethod
+    def from_dict(cls, data: Any, *, where: str = "policy") -> PolicyConfig:
+        """The ``policy`` section from a plain mapping (a fleet file, a test);
+        errors name ``where.key``, like the agent's own config file."""
+        return cls.parse(_Section(data, where))
 
     @classmethod
     def parse(cls, section: _Section) -> PolicyConfig:
@@ -132,6 +141,7 @@ class PolicyConfig:
                 parse_hours(hours_text, section.key("allowed_hours")) if hours_text else None
             ),
             recheck_interval_s=section.number("recheck_interval_s", 60.0, lo=0.01) or 60.0,
+            recheck_jitter=section.number("recheck_jitter", 0.1, lo=0, hi=0.9) or 0.0,
             report_interval_s=section.number("report_interval_s", 1800.0, lo=1) or 1800.0,
         )
         section.done()
@@ -390,6 +400,7 @@ class AgentConfig:
                     if policy.allowed_hours else None
                 ),
                 "recheck_interval_s": policy.recheck_interval_s,
+                "recheck_jitter": policy.recheck_jitter,
                 "report_interval_s": policy.report_interval_s,
             },
             "eligibility": {

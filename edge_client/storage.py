@@ -1,7 +1,9 @@
 """Crash-safe state files and the upload queue.
 
 Every state file is written as temp file → fsync → rename → fsync(dir), so a
-power cut leaves either the old or the new file, never a torn one; a stray
+power cut leaves either the old or the new file, never a torn one. The status
+snapshot (``status.json``, for humans) skips the two fsyncs: the rename alone
+keeps it whole, and after a power cut an older snapshot is fine; a stray
 ``*.tmp`` left by a cut is ignored and removed on the next start. The opener
 is injectable so tests can make the disk "full" (ENOSPC) without filling it.
 """
@@ -41,7 +43,11 @@ class AtomicWriter:
         self._opener = opener or _default_opener
         self._fsync = fsync
 
-    def write_bytes(self, path: Path, data: bytes) -> None:
+    def write_bytes(self, path: Path, data: bytes, *, durable: bool = True) -> None:
+        """Write ``data`` to ``path`` atomically; ``durable=False`` skips the
+        fsyncs (still never torn: temp file + rename) for files whose loss on a
+        power cut costs nothing, like the status snapshot."""
+        sync = self._fsync and durable
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
         fd = -1
@@ -51,12 +57,12 @@ class AtomicWriter:
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
-            if self._fsync:
+            if sync:
                 os.fsync(fd)
             os.close(fd)
             fd = -1
             os.replace(tmp, path)
-            if self._fsync:
+            if sync:
                 self._sync_dir(path.parent)
         except OSError as exc:
             if fd >= 0:
@@ -66,8 +72,9 @@ class AtomicWriter:
             what = "disk full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
             raise StateWriteError(f"cannot write {path}: {what}") from exc
 
-    def write_json(self, path: Path, data: Any) -> None:
-        self.write_bytes(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
+    def write_json(self, path: Path, data: Any, *, durable: bool = True) -> None:
+        self.write_bytes(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode(),
+                         durable=durable)
 
     @staticmethod
     def _sync_dir(directory: Path) -> None:
@@ -208,7 +215,9 @@ class StateDir:
         return self.root / "status.json"
 
     def save_status(self, status: Mapping[str, Any]) -> None:
-        self.writer.write_json(self.status_path, dict(status))
+        # A snapshot for `fedge agent status`: atomic, but not worth two fsyncs
+        # per state change on an SD card.
+        self.writer.write_json(self.status_path, dict(status), durable=False)
 
     def load_status(self) -> dict[str, Any] | None:
         data = read_json(self.status_path)

@@ -154,11 +154,11 @@ def check_model(fleet: FleetSpec, dataset: Dataset, manifest: Manifest) -> None:
 
 
 def policy_config(fleet: FleetSpec) -> Any:
-    from edge_client.config import PolicyConfig, _Section  # noqa: PLC0415
+    from edge_client.config import PolicyConfig  # noqa: PLC0415
     from edge_client.errors import ConfigError  # noqa: PLC0415
 
     try:
-        return PolicyConfig.parse(_Section(dict(fleet.policy), "policy"))
+        return PolicyConfig.from_dict(dict(fleet.policy))
     except ConfigError as exc:
         raise FleetError(f"{fleet.source}: {exc}") from exc
 
@@ -389,6 +389,7 @@ async def _run_mode(prep: Prepared, mode: str, options: SimOptions,
     from edge_client.config import AgentConfig  # noqa: PLC0415
     from edge_client.eligibility.state import SimulatedStateProvider  # noqa: PLC0415
     from edge_client.protocol import ProtocolClient  # noqa: PLC0415
+    from edge_client.status import MemoryStatus  # noqa: PLC0415
     from edge_client.storage import AtomicWriter, Identity, StateDir  # noqa: PLC0415
 
     fleet = prep.fleet
@@ -476,6 +477,9 @@ async def _run_mode(prep: Prepared, mode: str, options: SimOptions,
             provider=SimulatedStateProvider(schedule(device, offset), clock),
             trainer=trainer, state=StateDir(state_dir, writer),
             identity=Identity(device_id, device_token, agent_config.server, clock.time()),
+            # Nobody reads thousands of status files: keep each snapshot's
+            # builder in memory (it was half the run time as JSON files).
+            status=MemoryStatus(),
         )
         agents.append(agent)
 

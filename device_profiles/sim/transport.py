@@ -1,7 +1,7 @@
 """Transports the simulator gives each device's agent.
 
 :class:`InProcessTransport` calls the real aiohttp application directly: the
-request is built with aiohttp's own ``make_mocked_request`` (a real
+request is built as aiohttp's own ``make_mocked_request`` builds it (a real
 ``StreamReader`` body, the app's real ``client_max_size``), dispatched through
 ``Application._handle`` (router and middlewares, exactly as the server does)
 and the response is prepared against a capturing writer, so every response
@@ -22,10 +22,12 @@ from dataclasses import dataclass
 from typing import Any
 from unittest import mock
 
+from aiohttp import hdrs as aiohttp_hdrs
 from aiohttp import streams, web
 from aiohttp.abc import AbstractStreamWriter
-from aiohttp.test_utils import make_mocked_request
-from multidict import CIMultiDict
+from aiohttp.http import HttpVersion11, RawRequestMessage
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
 from device_profiles.device import SimDevice, hash_uniform
 from device_profiles.sim.driver import Activity
@@ -95,6 +97,7 @@ class InProcessTransport:
                                         max_headers=128, max_line_size=8190,
                                         max_line_length=8190)
         self._transport: Any = None
+        self._task: Any = mock.Mock()  # Request.task; nothing in the service reads it
         self.requests = 0
         self.in_flight = Activity()  # requests inside this transport (queued or served)
 
@@ -131,11 +134,7 @@ class InProcessTransport:
             payload.feed_data(data)
         payload.feed_eof()
         writer = _CapturingWriter()
-        request = make_mocked_request(
-            method, path, hdrs, app=self.app, payload=payload, writer=writer,
-            transport=None, protocol=protocol,
-            client_max_size=self.app._client_max_size,
-        )
+        request = self._request(method, path, hdrs, payload, writer)
         try:
             response = await self.app._handle(request)
         except web.HTTPException as exc:
@@ -149,6 +148,27 @@ class InProcessTransport:
             status=response.status,
             body=bytes(writer.body),
             headers=dict(writer.headers.items()),
+        )
+
+    def _request(self, method: str, path: str, hdrs: CIMultiDict[str],
+                 payload: streams.StreamReader, writer: _CapturingWriter) -> web.Request:
+        """What aiohttp's ``make_mocked_request`` builds, minus its two fresh
+        ``Mock`` objects per request (a task and a match-info route, each a
+        few hundred microseconds; ``Application._handle`` resolves the real
+        route anyway)."""
+        headers = CIMultiDictProxy(hdrs)
+        raw = tuple((k.encode("utf-8"), v.encode("utf-8")) for k, v in hdrs.items())
+        chunked = "chunked" in headers.get(aiohttp_hdrs.TRANSFER_ENCODING, "").lower()
+        message = RawRequestMessage(
+            method.upper(), path, HttpVersion11, headers, raw, False, None, False, chunked,
+            URL(path),
+        )
+        protocol = self._protocol
+        protocol.transport = None
+        protocol.writer = writer
+        return web.Request(
+            message, payload, protocol, writer, self._task, asyncio.get_running_loop(),
+            client_max_size=self.app._client_max_size,
         )
 
     async def close(self) -> None:
