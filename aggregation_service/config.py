@@ -403,11 +403,6 @@ def _check_privacy(config: TrainingConfig, where: str) -> None:
                 f"{where}.aggregator: {config.aggregator.value!r} does not combine with dp: the "
                 "noise is calibrated to the sensitivity of a sum, not of a median"
             )
-        raise ConfigError(
-            f"{where}.aggregator: {config.aggregator.value!r} is not yet wired in the service "
-            "(privacy.robust has it; the round's individual updates are not kept yet); use "
-            "'mean', with robust: to screen updates"
-        )
     if config.dp is not None:
         dp = config.dp.dp
         try:

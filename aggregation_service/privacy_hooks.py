@@ -239,6 +239,21 @@ def is_accept(decision: Decision) -> bool:
 # --- robust sync aggregators ------------------------------------------------------------
 
 
+class RoundUpdates:
+    """The dense updates of each open or sealed sync buffer, kept only with
+    ``aggregator: median | trimmed_mean``: memory O(model × clients_per_round)
+    per round, in that mode only. Rebuilt from the update log on recovery."""
+
+    def __init__(self) -> None:
+        self._by_buffer: dict[int, list[dict[str, np.ndarray]]] = {}
+
+    def add(self, buffer: object, update: dict[str, np.ndarray]) -> None:
+        self._by_buffer.setdefault(id(buffer), []).append(update)
+
+    def take(self, buffer: object) -> list[dict[str, np.ndarray]]:
+        return self._by_buffer.pop(id(buffer), [])
+
+
 def robust_mean(
     updates: Sequence[Mapping[str, np.ndarray]], config: TrainingConfig
 ) -> dict[str, np.ndarray]:

@@ -48,7 +48,12 @@ import numpy as np
 from aggregation_service import codec, privacy_hooks
 from aggregation_service.blobs import BlobStore
 from aggregation_service.buffer import Buffer
-from aggregation_service.config import AggregationMode, ServiceConfig, TrainingConfig
+from aggregation_service.config import (
+    AggregationMode,
+    Aggregator,
+    ServiceConfig,
+    TrainingConfig,
+)
 from aggregation_service.errors import (
     ApiError,
     ConfigError,
@@ -274,6 +279,7 @@ class AggregationService:
         self._manifest_cache: dict[tuple[str, int], Manifest] = {}
         self._push_lock = asyncio.Lock()
         self._screens = privacy_hooks.Screens()  # robust: per-model anomaly scorer + policy
+        self._round_updates = privacy_hooks.RoundUpdates()  # sync median / trimmed mean
         self.started = False
         self.metrics.buffer_fill.collect = lambda: {
             (n,): float(m.buffer.count) for n, m in self.models.items()
@@ -447,6 +453,12 @@ class AggregationService:
             )
         except codec.CodecError as exc:
             raise StorageError(f"logged update {h['update_id']} no longer decodes: {exc}") from exc
+        if rt.config.aggregator is not Aggregator.MEAN:
+            (dense,) = await self._cpu_run(
+                privacy_hooks.decode_dense, [record.body], [codec.expected_for(base_manifest)]
+            )
+            if isinstance(dense, dict):
+                self._round_updates.add(rt.buffer, dense)
         rt.buffer.round_id = round_id
         rt.buffer.record(
             weight=float(h["weight"]),
@@ -629,6 +641,8 @@ class AggregationService:
 
     def _drop_buffers(self, rt: ModelRuntime) -> None:
         dropped = rt.buffer.count + sum(b.count for b in rt.sealed)
+        for b in (rt.buffer, *rt.sealed):
+            self._round_updates.take(b)
         if dropped:
             self.metrics.updates_discarded.inc(rt.name, amount=dropped)
             log.warning("model %s: %d buffered updates discarded (new lineage)", rt.name, dropped)
@@ -1166,7 +1180,8 @@ class AggregationService:
         max_norm = rt.config.update_norm_bound
         screen = self._screens.get(rt.name, rt.config.robust)
         dense: dict[int, dict[str, np.ndarray]] = {}
-        if screen is not None and todo:
+        keep_dense = rt.config.aggregator is not Aggregator.MEAN
+        if (screen is not None or keep_dense) and todo:
             todo = await self._screen(rt, screen, todo, dense)
         while todo:
             if rt.config.mode is AggregationMode.SYNC and (rt.round is None or rt.round.closed):
@@ -1194,22 +1209,25 @@ class AggregationService:
                 else:
                     if screen is not None and id(item) in dense:
                         screen.scorer.observe(dense[id(item)])
+                    if keep_dense and id(item) in dense:
+                        self._round_updates.add(rt.buffer, dense[id(item)])
                     self._book(rt, item)
             todo = todo[len(errors) :]
 
     async def _screen(
         self,
         rt: ModelRuntime,
-        screen: privacy_hooks.Screen,
+        screen: privacy_hooks.Screen | None,
         todo: list[_Intake],
         dense: dict[int, dict[str, np.ndarray]],
     ) -> list[_Intake]:
-        """robust: score each update before it touches the sum (docs/privacy.md §4);
-        answer quarantined ones 422 and throttled devices 429. Fills ``dense``."""
+        """Decode each update once into ``dense``; with ``robust``, score it before
+        it touches the sum (docs/privacy.md §4) and answer quarantined ones 422
+        and throttled devices 429."""
         now = self.clock.time()
         keep: list[_Intake] = []
         for item in todo:
-            wait = screen.policy.throttled(item.req.device_id, now)
+            wait = screen.policy.throttled(item.req.device_id, now) if screen else None
             if wait is not None:
                 item.future.set_exception(self._throttled(rt, item, wait))
             else:
@@ -1221,6 +1239,10 @@ class AggregationService:
         for item, update in zip(keep, decoded, strict=True):
             if isinstance(update, str):
                 item.future.set_exception(self._reject(unprocessable("bad_update", update)))
+                continue
+            if screen is None:
+                dense[id(item)] = update
+                out.append(item)
                 continue
             decision = screen.decide(item.req.device_id, update, now)
             if decision.action is Action.THROTTLE:
@@ -1379,6 +1401,7 @@ class AggregationService:
         abandoned = bool(buf.round_id and buf.round_id.startswith("abandoned:"))
         base = rt.training
         if abandoned:
+            self._round_updates.take(buf)
             pub = Publication(
                 version=base,
                 checkpoint=buf.end_offset,
@@ -1395,6 +1418,15 @@ class AggregationService:
             log.warning("model %s: round abandoned with %d reports", rt.name, buf.count)
             return
         optimizer = make_optimizer(rt.config.optimizer)
+        individual = self._round_updates.take(buf)
+        robust = rt.config.aggregator is not Aggregator.MEAN and len(individual) == buf.count
+        if rt.config.aggregator is not Aggregator.MEAN and not robust:
+            log.warning(  # the aggregator was switched during this round
+                "model %s: %d of %d dense updates kept; publishing the mean",
+                rt.name,
+                len(individual),
+                buf.count,
+            )
         version = max(rt.parents) + 1
         dp = rt.config.dp
         privacy: tuple[dict[str, Any], dict[str, Any]] | None = None
@@ -1415,6 +1447,8 @@ class AggregationService:
                 delta = privacy_hooks.dp_mean(
                     buf.sums, dp, privacy_hooks.noise_rng(noise_seed, version), k
                 )
+            elif robust:  # sync median / trimmed mean over the round's dense updates
+                delta = privacy_hooks.robust_mean(individual, rt.config)
             else:
                 delta = buf.mean()
             trainable = {k: rt.weights[k] for k in delta}

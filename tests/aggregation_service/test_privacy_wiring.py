@@ -52,9 +52,14 @@ DP = {"noise_multiplier": 1.0, "clip_norm": CLIP, "delta": 1e-5}
         ({"dp": DP, "codec": CODEC, "max_update_norm": 5.0}, "max_update_norm: 5 is above"),
         ({"secagg": True}, "secure aggregation needs synchronous rounds"),
         ({"secagg": True, "mode": "sync"}, "not yet wired in the service"),
+        ({"trim_fraction": 0.6}, "trim_fraction"),
         ({"robust": {"warmup": "ten"}}, "robust.warmup: expected a number"),
         ({"robust": {"bogus": 1}}, "unknown key(s) ['bogus']"),
         ({"aggregator": "median"}, "needs the individual updates of a synchronous round"),
+        (
+            {"aggregator": "median", "mode": "sync", "dp": DP, "codec": CODEC},
+            "does not combine with dp",
+        ),
         ({"aggregator": "mode"}, "aggregator: expected one of"),
     ],
 )
@@ -295,6 +300,89 @@ async def test_robust_screening_refuses_an_undecodable_frame(make_env: EnvFactor
     status, body = await env.upload(device, await env.plan(device), b"FUL1garbage")
     assert status in (400, 422), body
     assert env.service.runtime("m").buffer.count == 0
+
+
+# --- sync median / trimmed mean -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("aggregator", ["mean", "median", "trimmed_mean"])
+async def test_median_aggregator_bounds_a_poisoned_update(
+    make_env: EnvFactory, aggregator: str
+) -> None:
+    n = 5
+    env = await make_env(
+        mode="sync",
+        clients_per_round=n,
+        over_selection=1.0,
+        aggregator=aggregator,
+        trim_fraction=0.2,
+        codec={"density": 1.0, "bits": 8},
+    )
+    devices = await env.enroll(n)
+    plans = [await env.plan(d) for d in devices]
+    rng = np.random.default_rng(11)
+    honest = [
+        {k: (0.1 + rng.normal(0, 0.01, s)).astype(np.float32) for k, s in SHAPES.items()}
+        for _ in range(n - 1)
+    ]
+    poisoned = {k: v * -100.0 for k, v in honest[0].items()}
+    for device, plan, delta in zip(devices, plans, [*honest, poisoned], strict=True):
+        status, body = await env.upload(device, plan, frame(delta, {"density": 1.0, "bits": 8}))
+        assert status == 202, body
+    await env.service.wait_idle()
+    assert env.service.runtime("m").training.version == 2
+    new = await weights(env.service, 2)
+    w0 = initial_weights()
+    for k in SHAPES:
+        step = new[k] - w0[k]
+        lo = np.min([h[k] for h in honest], axis=0) - 0.01  # 8-bit quantization slack
+        hi = np.max([h[k] for h in honest], axis=0) + 0.01
+        inside = bool(np.all((step >= lo) & (step <= hi)))
+        assert inside is (aggregator != "mean"), (aggregator, k)
+
+
+async def test_median_round_is_rebuilt_from_the_log_after_a_crash(tmp_path: Path) -> None:
+    async def start(data: Path) -> AggregationService:
+        config = make_config(
+            data,
+            mode="sync",
+            clients_per_round=3,
+            over_selection=1.0,
+            aggregator="median",
+            codec={"density": 1.0, "bits": 8},
+        )
+        service = AggregationService(config, clock=ManualClock(), rng=random.Random(0))
+        await service.start()
+        return service
+
+    service = await start(tmp_path / "d")
+    await service.push_synthetic("m", synthetic_manifest(SHAPES), initial_weights())
+    devices = []
+    for _ in range(3):
+        token = (await service.create_enrollment_token(1, 3600.0))["token"]
+        devices.append(str((await service.enroll(token, {}))["device_id"]))
+    plans = []
+    for d in devices:
+        for _ in range(50):  # pace steering admits at random
+            answer = await service.checkin(d, {"model": "m", "eligible": True})
+            if answer["action"] == "train":
+                break
+        plans.append(answer["plan"])
+    deltas = [{k: np.full(s, v, np.float32) for k, s in SHAPES.items()} for v in (0.1, 0.2, -50)]
+    await service.set_paused("m", True)  # the round completes but is not published
+    for i, (d, plan, delta) in enumerate(zip(devices, plans, deltas, strict=True)):
+        body = frame(delta, {"density": 1.0, "bits": 8})
+        await service.accept_update(
+            UpdateRequest(d, "m", plan["assignment_id"], plan["version"], 5, f"r-{i}", body)
+        )
+    await service.crash_for_tests()
+    restarted = await start(tmp_path / "d")
+    await restarted.set_paused("m", False)
+    await restarted.wait_idle()
+    new = await weights(restarted, 2)
+    w0 = initial_weights()
+    np.testing.assert_allclose(new["w"] - w0["w"], 0.1, atol=0.01)  # median of 0.1, 0.2, −50
+    await restarted.stop()
 
 
 # --- the fleet file ---------------------------------------------------------------------------
