@@ -280,6 +280,7 @@ class AggregationService:
         self._push_lock = asyncio.Lock()
         self._screens = privacy_hooks.Screens()  # robust: per-model anomaly scorer + policy
         self._round_updates = privacy_hooks.RoundUpdates()  # sync median / trimmed mean
+        self._ledgers = privacy_hooks.Ledgers()  # DP accountants of recent versions
         self.started = False
         self.metrics.buffer_fill.collect = lambda: {
             (n,): float(m.buffer.count) for n, m in self.models.items()
@@ -1429,16 +1430,27 @@ class AggregationService:
             )
         version = max(rt.parents) + 1
         dp = rt.config.dp
-        privacy: tuple[dict[str, Any], dict[str, Any]] | None = None
+        privacy: tuple[dict[str, Any], dict[str, Any], Any] | None = None
         noise_seed = 0
         if dp is not None:
             noise_seed = await self.store.run(privacy_hooks.model_seed, self.store, rt.name)
-            ledger = await self.store.run(
-                privacy_hooks.accountant_state, self.store, rt.name, base.version
+            cached = self._ledgers.get(rt.name, base.version)
+            ledger = (
+                None
+                if cached is not None
+                else await self.store.run(
+                    privacy_hooks.accountant_state, self.store, rt.name, base.version
+                )
             )
-            # Tens of ms of RDP maths: on the publish thread, not the decode thread.
+            # RDP maths (tens of ms or more): on the publish thread, not the decode thread.
             privacy = await asyncio.get_running_loop().run_in_executor(
-                self._publish_pool, privacy_hooks.account, ledger, dp, version, buf.count
+                self._publish_pool,
+                privacy_hooks.account,
+                ledger,
+                dp,
+                version,
+                buf.count,
+                cached,
             )
         k = privacy_hooks.fixed_denominator(rt.config)
 
@@ -1463,7 +1475,10 @@ class AggregationService:
         weights_sha = await self._io_run(self.blobs.put, frame)
         state_sha = await self._io_run(self.blobs.put, state_bytes) if state else None
         if privacy is not None:  # before the commit; a replay rewrites the same row
-            await self.store.run(privacy_hooks.save_version, self.store, rt.name, version, *privacy)
+            report, ledger_state, _ = privacy
+            await self.store.run(
+                privacy_hooks.save_version, self.store, rt.name, version, report, ledger_state
+            )
         row = VersionRow(
             model=rt.name,
             version=version,
@@ -1490,6 +1505,7 @@ class AggregationService:
             rt.pending_keys.pop(key, None)
         self.metrics.versions_published.inc(rt.name)
         if privacy is not None:
+            self._ledgers.put(rt.name, version, privacy[2])
             eps = privacy[0]["epsilon"]
             self.metrics.dp_epsilon.values[(rt.name,)] = math.inf if eps is None else float(eps)
             self.metrics.dp_delta.values[(rt.name,)] = float(privacy[0]["delta"])

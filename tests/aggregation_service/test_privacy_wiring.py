@@ -154,9 +154,9 @@ async def test_dp_versions_report_growing_epsilon_equal_to_the_accountant(tmp_pa
 
 async def test_population_gives_sampled_q(tmp_path: Path) -> None:
     settings = DPSettings.from_dict({**DP, "population": 30}, "dp")
-    report, state = privacy_hooks.account(None, settings, 2, K)
+    report, state, _ = privacy_hooks.account(None, settings, 2, K)
     assert report["sampling_probability"] == pytest.approx(K / 30)
-    report2, _ = privacy_hooks.account(state, settings, 3, K)
+    report2, _, _ = privacy_hooks.account(state, settings, 3, K)
     assert report2["epsilon"] > report["epsilon"]
 
 
