@@ -16,6 +16,8 @@ import numpy as np
 import numpy.typing as npt
 
 _SHIFTS = np.arange(8, dtype=np.uint64)
+# Shift of each of the eight codes in a packed word, per width.
+_WORD_SHIFTS = {bits: _SHIFTS * np.uint64(bits) for bits in range(1, 9)}
 
 
 def packed_size(count: int, bits: int) -> int:
@@ -46,14 +48,17 @@ def unpack(
         return raw[:count].copy()
     groups = (count + 7) // 8
     padded = np.zeros((groups, 8), dtype=np.uint8)
-    # Fill the low ``bits`` bytes of each 8-byte word from the stream.
-    stream = np.zeros(groups * bits, dtype=np.uint8)
-    stream[: raw.size] = raw
-    padded[:, :bits] = stream.reshape(groups, bits)
-    words = padded.view("<u8").reshape(groups, 1)
-    mask = np.uint64((1 << bits) - 1)
-    codes = (words >> (_SHIFTS * np.uint64(bits))) & mask
-    result: npt.NDArray[np.uint8] = codes.reshape(-1)[:count].astype(np.uint8)
+    # Fill the low ``bits`` bytes of each 8-byte word from the stream (the
+    # last group may be short).
+    whole = min(groups, raw.size // bits)
+    padded[:whole, :bits] = raw[: whole * bits].reshape(whole, bits)
+    rest = raw[whole * bits :]
+    if rest.size:
+        padded[whole, : rest.size] = rest
+    words = padded.view("<u8")  # (groups, 1)
+    codes = (words >> _WORD_SHIFTS[bits]).astype(np.uint8)  # keeps each code's low byte
+    codes &= np.uint8((1 << bits) - 1)
+    result: npt.NDArray[np.uint8] = codes.reshape(-1)[:count]
     return result
 
 

@@ -60,9 +60,29 @@ def weights_digest(weights: Mapping[str, npt.ArrayLike]) -> str:
 
 
 def encode_weights(weights: Mapping[str, npt.ArrayLike], *, zstd_level: int = 3) -> bytes:
-    """The full, lossless (dense float32) frame of a model's weights."""
+    """The full, lossless (dense float32) frame of a model's weights.
+
+    The same bytes as ``encode_frame`` with the lossless spec, built directly:
+    no clipping, selection or norm passes over the weights (a server encodes
+    every version it publishes)."""
     spec = CodecSpec(zstd_level=zstd_level)
-    return api.encode_frame(weights, spec, residual=None, seed=None, kind=frame.WEIGHTS).payload
+    if not isinstance(weights, Mapping):
+        raise CodecError(f"update must be a mapping of name → array, got {type(weights).__name__}")
+    entries: list[frame.Entry] = []
+    sections: list[bytes] = []
+    for name in weights:
+        api._check_name(name)
+        source = api._as_float(name, weights[name], "update tensor")
+        shape = tuple(int(d) for d in source.shape)
+        values = floats.to_bytes(source.astype(np.float32, copy=False).reshape(-1), floats.FLOAT32)
+        entries.append(
+            frame.Entry(
+                name, shape, frame.SOURCE_CODES[source.dtype.name], indexcoding.DENSE,
+                frame.FLOAT32, 0, 0, 0, math.prod(shape), 0, len(values),
+            )
+        )
+        sections += [b"", values]
+    return frame.build(frame.WEIGHTS, spec, entries, sections, spec.zstd_level)
 
 
 def decode_weights(

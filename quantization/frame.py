@@ -18,9 +18,11 @@ caller expects *before* anything of that size is allocated or decompressed.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import struct
+import threading
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -39,6 +41,8 @@ VERSION = 1
 HEADER = struct.Struct("<4sBBHIIQQ")
 ENTRY = struct.Struct("<BBBBBBIQQQ")
 CRC = struct.Struct("<I")
+_U16 = struct.Struct("<H")
+_U8 = struct.Struct("<B")
 MIN_FRAME = HEADER.size + CRC.size
 
 # Frame kinds.
@@ -263,11 +267,7 @@ def parse(
         raise CodecError(f"frame spec is {spec_len} bytes, above the maximum {MAX_SPEC_BYTES}")
     end = len(data) - CRC.size
     reader = _Reader(data, HEADER.size, end)
-    try:
-        spec_dict = json.loads(bytes(reader.take(spec_len, "the spec")).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise CodecError(f"frame spec is not valid JSON: {exc}") from exc
-    spec = CodecSpec.from_dict(spec_dict)
+    spec = _parse_spec(bytes(reader.take(spec_len, "the spec")))
     # The smallest table row is 2 + 1 + 1 + 1 + ENTRY.size bytes.
     if n_tensors > (end - reader.pos) // (4 + ENTRY.size):
         raise CodecError(f"frame claims {n_tensors} tensors, more than its table can hold")
@@ -276,7 +276,7 @@ def parse(
     names: set[str] = set()
     total_values = 0
     for i in range(n_tensors):
-        (name_len,) = reader.unpack("<H", f"tensor {i} name length")
+        (name_len,) = reader.unpack(_U16, f"tensor {i} name length")
         if not 1 <= name_len <= MAX_NAME_BYTES:
             raise CodecError(f"tensor {i}: name length {name_len} is outside 1 to {MAX_NAME_BYTES}")
         try:
@@ -286,7 +286,7 @@ def parse(
         if name in names:
             raise CodecError(f"tensor {name!r} appears twice in the frame")
         names.add(name)
-        (ndim,) = reader.unpack("<B", f"tensor {name!r} rank")
+        (ndim,) = reader.unpack(_U8, f"tensor {name!r} rank")
         if ndim > MAX_NDIM:
             raise CodecError(f"tensor {name!r}: rank {ndim} is above the maximum {MAX_NDIM}")
         shape = tuple(reader.unpack(f"<{ndim}Q", f"tensor {name!r} shape"))
@@ -325,6 +325,33 @@ def parse(
     return Frame(kind, spec, tuple(entries), body, len(data))
 
 
+@functools.lru_cache(maxsize=64)
+def _parse_spec(raw: bytes) -> CodecSpec:
+    """A frame's spec. Devices on one plan send the same few spec strings, so
+    parsed specs (frozen, safe to share) are kept by their bytes; a bad spec
+    raises and is not kept."""
+    try:
+        spec_dict = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise CodecError(f"frame spec is not valid JSON: {exc}") from exc
+    return CodecSpec.from_dict(spec_dict)
+
+
+_local = threading.local()
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    """This thread's decompressor: creating one per frame costs as much as
+    decompressing a small update, and an instance must not be shared between
+    threads. Each one-shot ``decompress`` starts from a clean state, also
+    after an error."""
+    dctx: zstandard.ZstdDecompressor | None = getattr(_local, "dctx", None)
+    if dctx is None:
+        dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
+        _local.dctx = dctx
+    return dctx
+
+
 def _decompress(compressed: memoryview, raw_len: int) -> bytes:
     try:
         params = zstandard.get_frame_parameters(compressed)
@@ -338,8 +365,9 @@ def _decompress(compressed: memoryview, raw_len: int) -> bytes:
             raise CodecError(
                 f"compressed body needs a {params.window_size}-byte window, above {MAX_WINDOW}"
             )
-        dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
-        raw = dctx.decompress(compressed, max_output_size=raw_len, allow_extra_data=False)
+        raw = _decompressor().decompress(
+            compressed, max_output_size=raw_len, allow_extra_data=False
+        )
     except zstandard.ZstdError as exc:
         raise CodecError(f"compressed body is corrupt: {exc}") from exc
     if len(raw) != raw_len:

@@ -120,7 +120,8 @@ def bitmap_decode(data: bytes | memoryview, n: int, count: int) -> I64:
     bits = np.unpackbits(raw, bitorder="little")
     if np.any(bits[n:]):
         raise CodecError("bitmap section has bits set past the end of the tensor")
-    positions = np.flatnonzero(bits[:n]).astype(np.int64)
+    # Unpacked bits are 0 or 1: as booleans, nonzero() skips the comparisons.
+    positions = np.flatnonzero(bits[:n].view(np.bool_)).astype(np.int64)
     if positions.size != count:
         raise CodecError(f"bitmap section marks {positions.size} positions; the table says {count}")
     return positions
@@ -202,7 +203,7 @@ def rice_decode(data: bytes | memoryview, count: int) -> U64:
         raise CodecError(f"rice section is {len(data)} bytes, too short for {count} values")
     remainders = _unpack_fixed(memoryview(data)[1 : 1 + fixed], k, count)
     unary = np.unpackbits(np.frombuffer(data, dtype=np.uint8, offset=1 + fixed), bitorder="little")
-    stops = np.flatnonzero(unary)
+    stops = np.flatnonzero(unary.view(np.bool_))  # 0/1 bytes: see bitmap_decode
     if stops.size != count:
         raise CodecError(f"rice section holds {stops.size} values; the table says {count}")
     if (int(stops[-1]) + 8 if count else 0) // 8 != len(data) - 1 - fixed:

@@ -88,8 +88,21 @@ def quantize(values: F32, bits: int, chunk_size: int, rng: np.random.Generator) 
 
 def dequantize(q: Quantized) -> F32:
     levels = (1 << q.bits) - 1
-    s = _per_value(q.scales.astype(np.float32), q.codes.size, q.chunk_size)
-    out: F32 = q.codes.astype(np.float32) * (s * np.float32(2.0 / levels)) - s
+    scales = q.scales.astype(np.float32)
+    steps = scales * np.float32(2.0 / levels)
+    count, chunk = q.codes.size, q.chunk_size
+    # Whole chunks as rows scaled by a column of steps: no per-value scale
+    # array. The same float32 operations as ``code * step - s`` value by value,
+    # so the result is bit for bit what the encoder computed.
+    full = count // chunk
+    out: F32 = np.empty(count, dtype=np.float32)
+    head = out[: full * chunk].reshape(full, chunk)
+    np.multiply(q.codes[: full * chunk].reshape(full, chunk), steps[:full, None], out=head)
+    head -= scales[:full, None]
+    if full * chunk < count:
+        tail = out[full * chunk :]
+        np.multiply(q.codes[full * chunk :], steps[full], out=tail)
+        tail -= scales[full]
     return out
 
 
