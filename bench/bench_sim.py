@@ -96,7 +96,7 @@ def scale_rows(work: Path, model_dir: Path, devices: int, hours: float) -> list[
         factor = FULL_SCALE[0] * FULL_SCALE[1] / (devices * hours)
         mode_note = (f"REDUCED RUN: {devices:,} devices × {hours:g} virtual h, not the "
                      f"10,000 × 48 h target; at this rate the target run would take "
-                     f"≈ {result.wall_s * factor:,.0f} s (×{factor:.0f} the events, linear "
+                     f"≈ {result.wall_s * factor:,.0f} s (×{factor:.0f} the device-hours, linear "
                      "extrapolation)")
     return [
         _row("scale", "real time", round(wall, 1), "s",
