@@ -206,6 +206,53 @@ class _Intake:
     round_deadline: float | None = None
 
 
+class _KeyLookups:
+    """Published-key lookups grouped like the log's group commit: every key
+    asked while one store hop is in flight goes in the next single hop, so
+    under load a new upload costs the event loop a future, not a thread hop."""
+
+    def __init__(self, store: Store, spawn: Callable[[Any], asyncio.Task[Any]]) -> None:
+        self._store = store
+        self._spawn = spawn
+        self._waiting: dict[str, list[asyncio.Future[str | None]]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def published(self, key: str) -> str | None:
+        """The update id the store has for ``key``, or None."""
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(key, []).append(future)
+        if self._task is None or self._task.done():
+            self._task = self._spawn(self._run())
+        return await future
+
+    def _lookup(self, keys: list[str]) -> list[str | None]:
+        return [self._store.published_key(k) for k in keys]  # on the store's thread
+
+    async def _run(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting, {}
+            keys = list(batch)
+            try:
+                found = await self._store.run(self._lookup, keys)
+            except BaseException as exc:
+                for futures in (*batch.values(), *self._waiting.values()):
+                    for f in futures:
+                        if f.done():
+                            continue
+                        if isinstance(exc, asyncio.CancelledError):
+                            f.cancel()
+                        else:
+                            f.set_exception(exc)
+                self._waiting = {}
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                return  # each waiting request got the error (a 503 for a StorageError)
+            for key, update_id in zip(keys, found, strict=True):
+                for f in batch[key]:
+                    if not f.done():  # a request that went away meanwhile
+                        f.set_result(update_id)
+
+
 def _follow(first: asyncio.Future[Any], item: _Intake) -> None:
     """Answer a same-key upload of the same batch like the first one."""
     if item.future.done():
@@ -278,6 +325,7 @@ class AggregationService:
         self._reported: list[str] = []
         self._manifest_cache: dict[tuple[str, int], Manifest] = {}
         self._push_lock = asyncio.Lock()
+        self._key_lookups = _KeyLookups(self.store, self._spawn)
         self._screens = privacy_hooks.Screens()  # robust: per-model anomaly scorer + policy
         self._round_updates = privacy_hooks.RoundUpdates()  # sync median / trimmed mean
         self._ledgers = privacy_hooks.Ledgers()  # DP accountants of recent versions
@@ -1343,7 +1391,7 @@ class AggregationService:
                 raise ApiError(503, "storage_unavailable", str(exc)) from exc
             self.metrics.updates_duplicate.inc(rt.name)
             return UpdateReceipt(update_id, True)
-        published = await self.store.run(self.store.published_key, key)
+        published = await self._key_lookups.published(key)
         if published is not None:
             self.metrics.updates_duplicate.inc(rt.name)
             return UpdateReceipt(published, True)
