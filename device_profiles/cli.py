@@ -52,6 +52,9 @@ def _quiet_fleet_logs(args: argparse.Namespace) -> None:
     if not getattr(args, "verbose", False):
         for name in _FLEET_LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)
+        # A simulated agent's warnings are the simulated faults themselves
+        # (lost packets, 429s), already counted in the report's metrics.
+        logging.getLogger("edge_client").setLevel(logging.ERROR)
 
 
 def run_simulate(args: argparse.Namespace) -> int:
