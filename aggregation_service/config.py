@@ -482,7 +482,11 @@ class ServiceConfig:
             raise ConfigError(f"{where}.port: expected an integer 0–65535, got {port!r}")
         token = data.get("operator_token")
         if token is not None and (not isinstance(token, str) or len(token) < 16):
-            raise ConfigError(f"{where}.operator_token: expected a string of ≥ 16 characters")
+            raise ConfigError(
+                f"{where}.operator_token (or FEDGE_OPERATOR_TOKEN): expected a string of ≥ 16 "
+                "characters; generate one with "
+                "python3 -c 'import secrets; print(secrets.token_urlsafe(24))'"
+            )
         config = cls(
             data_dir=Path(data["data_dir"]),
             host=host,
