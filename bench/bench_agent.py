@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from fedge.bench import emit
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -364,14 +366,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="15 s idle window, 5 lapse trials")
     args = parser.parse_args()
     rows = run(args.quick)
-    out = REPO / "bench" / "results" / "agent.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(rows, indent=2) + "\n")
-    width = max(len(r["benchmark"] + r["metric"]) for r in rows) + 3
-    for r in rows:
-        ratio = "" if r["ratio"] is None else f"  ({r['ratio']:.2f}× baseline {r['baseline']:.4g})"
-        print(f"{r['benchmark'] + ' | ' + r['metric']:<{width}} {r['value']:>10.4g} {r['unit']}"
-              f"{ratio}  {r['target'] or ''}")
+    emit(rows, REPO / "bench" / "results" / "agent.json")
     return 0
 
 

@@ -20,7 +20,6 @@ Run: ``.venv/bin/python bench/bench_codec.py [--quick]``; writes
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -35,6 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import quantization as q  # noqa: E402
+from fedge.bench import emit  # noqa: E402
 from quantization import indexcoding, topk  # noqa: E402
 
 Row = dict[str, Any]
@@ -234,14 +234,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="skip the 10M-parameter update")
     args = parser.parse_args()
     rows = run(args.quick)
-    out = REPO / "bench" / "results" / "codec.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(rows, indent=2) + "\n")
-    width = max(len(r["benchmark"] + r["metric"]) for r in rows) + 3
-    for r in rows:
-        ratio = "" if r["ratio"] is None else f"  ({r['ratio']:.2f}× baseline {r['baseline']:.4g})"
-        print(f"{r['benchmark'] + ' | ' + r['metric']:<{width}} {r['value']:>10.4g} {r['unit']}"
-              f"{ratio}  {r['target'] or ''}")
+    emit(rows, REPO / "bench" / "results" / "codec.json")
     return 0
 
 

@@ -23,6 +23,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from fedge.bench import emit
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -151,15 +153,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer steps")
     args = parser.parse_args()
     rows = run(args.quick)
-    out = REPO / "bench" / "results" / "export.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rows, indent=2) + "\n")
-    for r in rows:
-        ratio = f"  ratio {r['ratio']:.3g}" if r["ratio"] is not None else ""
-        base = f"  (baseline {r['baseline']:.4g})" if r["baseline"] is not None else ""
-        target = f"  target {r['target']}" if r["target"] else ""
-        print(f"{r['benchmark']:<6} {r['metric']:<30} {r['value']:>10.4g} {r['unit']}"
-              f"{base}{ratio}{target}")
+    emit(rows, REPO / "bench" / "results" / "export.json")
     return 0
 
 

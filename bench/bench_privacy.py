@@ -40,7 +40,6 @@ Run: ``.venv/bin/python bench/bench_privacy.py [--quick]``; writes
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import tempfile
@@ -54,6 +53,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import quantization as q  # noqa: E402
+from fedge.bench import emit  # noqa: E402
 from privacy import secagg  # noqa: E402
 from privacy.accountant import PrivacyAccountant  # noqa: E402
 from privacy.dp import DPConfig, add_noise, clip_update  # noqa: E402
@@ -372,14 +372,7 @@ def main() -> int:
                 rows.extend(secagg_rows(n, d))
     else:
         rows = run(args.quick)
-    out = REPO / "bench" / "results" / "privacy.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rows, indent=2) + "\n")
-    width = max(len(r["benchmark"] + r["metric"]) for r in rows) + 3
-    for r in rows:
-        ratio = "" if r["ratio"] is None else f"  ({r['ratio']:.3g}× baseline {r['baseline']:.4g})"
-        print(f"{r['benchmark'] + ' | ' + r['metric']:<{width}} {r['value']:>12.5g} "
-              f"{r['unit']}{ratio}")
+    emit(rows, REPO / "bench" / "results" / "privacy.json")
     return 0
 
 

@@ -40,6 +40,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from aggregation_service import ServiceConfig, create_app  # noqa: E402
 from aggregation_service.app import SERVICE  # noqa: E402
+from fedge.bench import emit  # noqa: E402
 from fedge.manifest import Manifest  # noqa: E402
 
 Row = dict[str, Any]
@@ -300,17 +301,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     rows = run(parser.parse_args().quick)
-    out = REPO / "bench" / "results" / "service.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rows, indent=2) + "\n")
-    width = max(len(r["benchmark"] + r["metric"]) for r in rows) + 3
-    for r in rows:
-        ratio = f"  ×{r['ratio']:.2f}" if r["ratio"] is not None else ""
-        base = f"  (baseline {r['baseline']:.4g})" if r["baseline"] is not None else ""
-        print(
-            f"{r['benchmark'] + ' | ' + r['metric']:<{width}} "
-            f"{r['value']:>10.4g} {r['unit']}{base}{ratio}"
-        )
+    emit(rows, REPO / "bench" / "results" / "service.json")
     return 0
 
 

@@ -28,6 +28,8 @@ from typing import Any
 
 import yaml
 
+from fedge.bench import emit
+
 RESULTS = Path(__file__).resolve().parent / "results" / "sim.json"
 
 MIX = [
@@ -203,15 +205,7 @@ def main() -> int:
         rows += [r for r in previous if isinstance(r, dict) and r.get("benchmark") != "scale"]
     else:
         rows = run(args.quick)
-    width = max(len(r["metric"]) for r in rows)
-    for r in rows:
-        value = "—" if r["value"] is None else f"{r['value']:,.4g}"
-        ratio = "" if r["ratio"] is None else f"  ratio {r['ratio']:.3g}"
-        print(f"{r['benchmark']:<17} {r['metric']:<{width}} {value:>12} {r['unit']:<9}{ratio}"
-              f"  {r['target'] or ''}  {r['note']}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(rows, indent=2))
-    print(f"wrote {RESULTS}")
+    emit(rows, RESULTS)
     return 0
 
 

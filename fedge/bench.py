@@ -118,21 +118,34 @@ def table(results: dict[str, Any], rows: list[dict[str, Any]] | None = None) -> 
         "| benchmark | metric | value | baseline | ratio | target | note |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for row in results["rows"] if rows is None else rows:
-        unit = f" {row['unit']}" if row.get("unit") else ""
-        lines.append(
-            "| {b} | {m} | {v}{u} | {bl} | {r} | {t} | {n} |".format(
-                b=row["benchmark"],
-                m=row["metric"],
-                v=_fmt(row.get("value")),
-                u=unit,
-                bl=_fmt(row.get("baseline")),
-                r="—" if row.get("ratio") is None else f"{_fmt(row['ratio'])}×",
-                t=row.get("target") or "—",
-                n=row.get("note") or "",
-            )
-        )
+    lines.extend(_row(row) for row in (results["rows"] if rows is None else rows))
     return "\n".join(lines)
+
+
+def emit(rows: list[dict[str, Any]], out: Path) -> None:
+    """What every ``bench/bench_<name>.py`` does with its rows: write them to
+    ``out`` (``bench/results/<name>.json``) and print them as a table."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows, indent=2) + "\n")
+    print("| benchmark | metric | value | baseline | ratio | target | note |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for row in rows:
+        print(_row(row))
+    print(f"wrote {out}")
+
+
+def _row(row: dict[str, Any]) -> str:
+    unit = f" {row['unit']}" if row.get("unit") else ""
+    return "| {b} | {m} | {v}{u} | {bl} | {r} | {t} | {n} |".format(
+        b=row["benchmark"],
+        m=row["metric"],
+        v=_fmt(row.get("value")),
+        u=unit,
+        bl=_fmt(row.get("baseline")),
+        r="—" if row.get("ratio") is None else f"{_fmt(row['ratio'])}×",
+        t=row.get("target") or "—",
+        n=row.get("note") or "",
+    )
 
 
 def update_readme(readme: Path, text: str) -> None:

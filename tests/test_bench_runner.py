@@ -87,3 +87,14 @@ def test_collect_without_results_is_a_clear_error(
     _write_bench(tmp_path / "bench", "toy", GOOD)
     assert main(["bench", "--collect", "--bench-dir", str(tmp_path / "bench")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_emit_writes_rows_and_prints_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = [{"benchmark": "b", "metric": "m", "value": 1.5, "unit": "ms", "baseline": 3.0,
+             "ratio": 0.5, "target": None, "note": "n"}]
+    out = tmp_path / "results" / "b.json"
+    bench.emit(rows, out)
+    assert json.loads(out.read_text()) == rows
+    assert "| b | m | 1.5 ms | 3 | 0.5× | — | n |" in capsys.readouterr().out
