@@ -27,6 +27,16 @@ class Param:
     trainable: bool
 
 
+def kernel_and_bias(
+    kernel_name: str, kernel: np.ndarray, bias: np.ndarray | None, trainable: bool
+) -> tuple[Param, ...]:
+    """The parameter list of a layer with a kernel and an optional bias."""
+    params = [Param(kernel_name, kernel, trainable)]
+    if bias is not None:
+        params.append(Param("bias", bias, trainable))
+    return tuple(params)
+
+
 @dataclass(frozen=True)
 class Context:
     """Per-call information: training mode, and the step counter dropout hashes."""

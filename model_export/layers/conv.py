@@ -15,7 +15,15 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from model_export.layers.base import Cache, Context, Grads, Param, Tensor, static_shape
+from model_export.layers.base import (
+    Cache,
+    Context,
+    Grads,
+    Param,
+    Tensor,
+    kernel_and_bias,
+    static_shape,
+)
 from model_export.layers.windows import Geometry
 
 
@@ -47,10 +55,7 @@ class Conv:
     trainable: bool = True
 
     def params(self) -> tuple[Param, ...]:
-        out = [Param("kernel", self.kernel, self.trainable)]
-        if self.bias is not None:
-            out.append(Param("bias", self.bias, self.trainable))
-        return tuple(out)
+        return kernel_and_bias("kernel", self.kernel, self.bias, self.trainable)
 
     @property
     def window(self) -> tuple[int, int]:
@@ -130,10 +135,7 @@ class DepthwiseConv:
     trainable: bool = True
 
     def params(self) -> tuple[Param, ...]:
-        out = [Param("depthwise_kernel", self.kernel, self.trainable)]
-        if self.bias is not None:
-            out.append(Param("bias", self.bias, self.trainable))
-        return tuple(out)
+        return kernel_and_bias("depthwise_kernel", self.kernel, self.bias, self.trainable)
 
     def forward(
         self, params: Sequence[Tensor], inputs: Sequence[Tensor], ctx: Context

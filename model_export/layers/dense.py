@@ -8,7 +8,15 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from model_export.layers.base import Cache, Context, Grads, Param, Tensor, static_shape
+from model_export.layers.base import (
+    Cache,
+    Context,
+    Grads,
+    Param,
+    Tensor,
+    kernel_and_bias,
+    static_shape,
+)
 
 
 @dataclass(frozen=True)
@@ -19,10 +27,7 @@ class Dense:
     trainable: bool = True
 
     def params(self) -> tuple[Param, ...]:
-        out = [Param("kernel", self.kernel, self.trainable)]
-        if self.bias is not None:
-            out.append(Param("bias", self.bias, self.trainable))
-        return tuple(out)
+        return kernel_and_bias("kernel", self.kernel, self.bias, self.trainable)
 
     def forward(
         self, params: Sequence[Tensor], inputs: Sequence[Tensor], ctx: Context
