@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 LIB := fedge model_export quantization aggregation_service edge_client device_profiles privacy
 PIP_FLAGS ?= --disable-pip-version-check -q
 
-.PHONY: demo test lint typecheck unit venv clean bench
+.PHONY: demo test lint typecheck unit venv clean bench browser
 
 # The full development environment: every extra, TensorFlow included.
 $(VENV)/.stamp: pyproject.toml
@@ -42,7 +42,12 @@ lint: $(VENV)/.stamp
 typecheck: $(VENV)/.stamp
 	$(BIN)/mypy
 
-unit: venv
+# Debian's chromium for the dashboard's browser test (Playwright drives it; it
+# never downloads a browser of its own).
+browser:
+	scripts/browser-deps.sh
+
+unit: venv browser
 	FEDGE_EDGE_PYTHON=$(abspath $(EDGE_VENV))/bin/python \
 	FEDGE_TFLITE_PYTHON=$(abspath $(TFLITE_VENV))/bin/python \
 	$(BIN)/pytest -n 2 --dist loadfile
