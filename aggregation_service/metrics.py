@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 LabelValues = tuple[str, ...]
 
@@ -170,9 +171,42 @@ class Metrics:
         self.outstanding = Gauge(
             "fedge_outstanding_assignments", "Plans handed out and not yet reported", ["model"]
         )
+        self.dashboard_logins = Counter(
+            "fedge_dashboard_logins_total", "Dashboard login attempts, by result", ["result"]
+        )
 
     def all(self) -> list[Counter | Histogram]:
         return [v for v in vars(self).values() if isinstance(v, (Counter, Histogram))]
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every metric's current values as plain data, keyed by metric name:
+        a list of ``{"labels", "value"}`` for counters and gauges, and
+        ``{"buckets", "series": [{"labels", "counts", "sum"}]}`` for histograms
+        (counts per bucket, not cumulative; the last is above the largest
+        bound). Read-only: the same numbers ``render`` prints, for the dashboard."""
+        out: dict[str, Any] = {}
+        for metric in self.all():
+            if isinstance(metric, Histogram):
+                out[metric.name] = {
+                    "buckets": list(metric.buckets),
+                    "series": [
+                        {
+                            "labels": dict(zip(metric.label_names, labels, strict=True)),
+                            "counts": list(counts),
+                            "sum": metric.sums[labels],
+                        }
+                        for labels, counts in sorted(metric.counts.items())
+                    ],
+                }
+                continue
+            values = metric.values
+            if isinstance(metric, Gauge) and metric.collect is not None:
+                values = metric.collect()
+            out[metric.name] = [
+                {"labels": dict(zip(metric.label_names, labels, strict=True)), "value": value}
+                for labels, value in sorted(values.items())
+            ]
+        return out
 
     def render(self) -> str:
         lines: list[str] = []
