@@ -175,6 +175,17 @@ class Metrics:
             "fedge_dashboard_logins_total", "Dashboard login attempts, by result", ["result"]
         )
 
+        # Secure aggregation (aggregation_service.secagg_rounds): rounds by how they
+        # ended — "completed", or abandoned with the reason (too_few_keys, …).
+        self.secagg_rounds = Counter(
+            "fedge_secagg_rounds_total", "Secure aggregation rounds by outcome", ["model", "outcome"]
+        )
+        self.secagg_refused = Counter(
+            "fedge_secagg_messages_refused_total",
+            "Secure aggregation messages refused, by error code",
+            ["code"],
+        )
+
     def all(self) -> list[Counter | Histogram]:
         return [v for v in vars(self).values() if isinstance(v, (Counter, Histogram))]
 
