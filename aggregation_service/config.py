@@ -21,7 +21,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -30,6 +30,9 @@ from aggregation_service.errors import ConfigError
 from privacy.dp import DPConfig, DPMode, check_codec_compatible
 from privacy.errors import PrivacyConfigError
 from privacy.robust import RobustConfig
+
+if TYPE_CHECKING:  # privacy.secagg imports `cryptography`: loaded only when secagg is configured
+    from privacy.secagg import SecAggConfig
 
 OPERATOR_TOKEN_ENV = "FEDGE_OPERATOR_TOKEN"
 
@@ -268,7 +271,9 @@ class TrainingConfig:
     robust: RobustConfig | None = None
     aggregator: Aggregator = Aggregator.MEAN
     trim_fraction: float = 0.1  # aggregator: trimmed_mean, per side
-    secagg: bool = False
+    # Secure aggregation of each sync round (privacy.secagg; docs/privacy.md
+    # "Secure aggregation in the service"). None: off.
+    secagg: SecAggConfig | None = None
 
     @property
     def required_reports(self) -> int:
@@ -317,7 +322,7 @@ class TrainingConfig:
             robust=_robust_section(data, where),
             aggregator=_enum(data, "aggregator", where, Aggregator, Aggregator.MEAN),
             trim_fraction=_float(data, "trim_fraction", where, 0.1, maximum=0.49),
-            secagg=_bool(data, "secagg", where, False),
+            secagg=_secagg_section(data, where),
         )
         _check_privacy(config, where)
         if config.pace_max_retry_s < config.pace_min_retry_s:
@@ -339,8 +344,8 @@ class TrainingConfig:
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, (DPSettings, RobustConfig)):
-                out[f.name] = value.to_dict()
+            if isinstance(value, (DPSettings, RobustConfig)) or f.name == "secagg":
+                out[f.name] = None if value is None else value.to_dict()
                 continue
             if dataclasses.is_dataclass(value):
                 value = {g.name: plain(getattr(value, g.name)) for g in dataclasses.fields(value)}
@@ -381,17 +386,8 @@ def _robust_section(data: Mapping[str, Any], where: str) -> RobustConfig | None:
 
 def _check_privacy(config: TrainingConfig, where: str) -> None:
     """Cross-checks between the privacy sections and the rest (docs/privacy.md, Wiring)."""
-    if config.secagg:
-        from privacy.secagg import check_mode  # noqa: PLC0415 - loads `cryptography`: only when asked
-
-        try:
-            check_mode(config.mode.value)
-        except PrivacyConfigError as exc:
-            raise ConfigError(f"{where}.{exc}") from exc
-        raise ConfigError(
-            f"{where}.secagg: secure aggregation is not yet wired in the service (privacy.secagg "
-            "implements the protocol, but the device endpoints do not exist yet); set secagg: false"
-        )
+    if config.secagg is not None:
+        _check_secagg(config, config.secagg, where)
     if config.aggregator is not Aggregator.MEAN:
         if config.mode is not AggregationMode.SYNC:
             raise ConfigError(
@@ -406,7 +402,8 @@ def _check_privacy(config: TrainingConfig, where: str) -> None:
     if config.dp is not None:
         dp = config.dp.dp
         try:
-            check_codec_compatible(dp, config.codec)
+            if config.secagg is None:  # with secagg the device clips to secagg.clip_norm instead
+                check_codec_compatible(dp, config.codec)
         except PrivacyConfigError as exc:
             raise ConfigError(f"{where}.{exc}") from exc
         limit = config.max_update_norm
@@ -415,6 +412,77 @@ def _check_privacy(config: TrainingConfig, where: str) -> None:
                 f"{where}.max_update_norm: {limit:g} is above dp.clip_norm = {dp.clip_norm:g}; "
                 "with DP the service enforces the clip norm, so leave max_update_norm unset "
                 "or at most dp.clip_norm"
+            )
+
+
+def _secagg_section(data: Mapping[str, Any], where: str) -> SecAggConfig | None:
+    value = data.get("secagg")
+    if value is None or value is False:
+        return None
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            f"{where}.secagg: expected a mapping with degree, threshold, clip_norm and "
+            f"max_clients (optional min_clients, modulus_bits), or null to turn it off; "
+            f"got {value!r}"
+        )
+    from privacy.secagg import SecAggConfig  # noqa: PLC0415 - loads `cryptography`: only when asked
+
+    try:
+        return SecAggConfig.from_dict(value, f"{where}.secagg")
+    except PrivacyConfigError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def _check_secagg(config: TrainingConfig, secagg: SecAggConfig, where: str) -> None:
+    """Secure aggregation fits only synchronous rounds whose every input the
+    server can sum blind (docs/privacy.md, "Secure aggregation in the service")."""
+    from privacy.secagg import check_codec_for_secagg, check_mode  # noqa: PLC0415
+
+    try:
+        check_mode(config.mode.value)
+        check_codec_for_secagg(config.codec)
+    except PrivacyConfigError as exc:
+        raise ConfigError(f"{where}.{exc}") from exc
+    selected = math.ceil(config.clients_per_round * config.over_selection)
+    if secagg.max_clients < selected:
+        raise ConfigError(
+            f"{where}.secagg.max_clients: {secagg.max_clients} is below the {selected} devices a "
+            f"round selects (clients_per_round {config.clients_per_round} × over_selection "
+            f"{config.over_selection:g}); the fixed-point scale must hold every selected input"
+        )
+    if secagg.min_clients > config.clients_per_round:
+        raise ConfigError(
+            f"{where}.secagg.min_clients: {secagg.min_clients} is above clients_per_round "
+            f"{config.clients_per_round}: no round could ever complete"
+        )
+    if config.aggregator is not Aggregator.MEAN:
+        raise ConfigError(
+            f"{where}.aggregator: {config.aggregator.value!r} needs the individual updates, "
+            "which secure aggregation hides from the server; use 'mean'"
+        )
+    if config.robust is not None:
+        raise ConfigError(
+            f"{where}.robust: anomaly screening scores individual updates, which secure "
+            "aggregation hides from the server; remove robust or turn secagg off"
+        )
+    if config.max_update_norm is not None:
+        raise ConfigError(
+            f"{where}.max_update_norm: the server cannot check the norm of a masked update; "
+            "under secure aggregation the bound is secagg.clip_norm, applied on the device"
+        )
+    dp = config.dp.dp if config.dp is not None else None
+    if dp is not None:
+        if dp.mode is DPMode.LOCAL or dp.adaptive is not None:
+            raise ConfigError(
+                f"{where}.dp: with secure aggregation only central DP with a fixed clip norm "
+                "is wired (local noise and adaptive clipping need device-side hooks the "
+                "secure aggregation path does not have)"
+            )
+        if dp.clip_norm is not None and secagg.clip_norm > dp.clip_norm * (1 + 1e-9):
+            raise ConfigError(
+                f"{where}.secagg.clip_norm: {secagg.clip_norm:g} is above dp.clip_norm = "
+                f"{dp.clip_norm:g}; devices clip to secagg.clip_norm, which bounds the "
+                "sensitivity of the noised sum, so it must be at most dp.clip_norm"
             )
 
 

@@ -50,8 +50,11 @@ DP = {"noise_multiplier": 1.0, "clip_norm": CLIP, "delta": 1e-5}
         ({"dp": DP, "codec": {**CODEC, "clip_norm": 2.0}}, "is above dp.clip_norm"),
         ({"dp": {**DP, "population": 0}, "codec": CODEC}, "dp.population"),
         ({"dp": DP, "codec": CODEC, "max_update_norm": 5.0}, "max_update_norm: 5 is above"),
-        ({"secagg": True}, "secure aggregation needs synchronous rounds"),
-        ({"secagg": True, "mode": "sync"}, "not yet wired in the service"),
+        (
+            {"secagg": {"degree": 2, "threshold": 2, "clip_norm": 1.0, "max_clients": 8}},
+            "secure aggregation needs synchronous rounds",
+        ),
+        ({"secagg": True, "mode": "sync"}, "secagg: expected a mapping with degree"),
         ({"trim_fraction": 0.6}, "trim_fraction"),
         ({"robust": {"warmup": "ten"}}, "robust.warmup: expected a number"),
         ({"robust": {"bogus": 1}}, "unknown key(s) ['bogus']"),
