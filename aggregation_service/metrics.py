@@ -178,7 +178,9 @@ class Metrics:
         # Secure aggregation (aggregation_service.secagg_rounds): rounds by how they
         # ended — "completed", or abandoned with the reason (too_few_keys, …).
         self.secagg_rounds = Counter(
-            "fedge_secagg_rounds_total", "Secure aggregation rounds by outcome", ["model", "outcome"]
+            "fedge_secagg_rounds_total",
+            "Secure aggregation rounds by outcome",
+            ["model", "outcome"],
         )
         self.secagg_refused = Counter(
             "fedge_secagg_messages_refused_total",
