@@ -226,16 +226,6 @@ class DPSettings:
             dp = DPConfig.from_dict(rest, where)
         except PrivacyConfigError as exc:
             raise ConfigError(str(exc)) from exc
-        if dp.mode is DPMode.LOCAL:
-            raise ConfigError(
-                f"{where}.mode: local DP is not yet wired in the service (the agent would "
-                "have to add the noise); use mode 'central'"
-            )
-        if dp.adaptive is not None:
-            raise ConfigError(
-                f"{where}.adaptive: adaptive clipping is not yet wired in the service (devices "
-                "do not report clip bits yet); remove dp.adaptive and set a fixed dp.clip_norm"
-            )
         if dp.clip_norm is None:
             raise ConfigError(
                 f"{where}.clip_norm: the service needs a clip norm to bound each update "
@@ -245,6 +235,14 @@ class DPSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.dp.to_dict(), "population": self.population}
+
+    @property
+    def central(self) -> bool:
+        return self.dp.mode is DPMode.CENTRAL
+
+    @property
+    def adaptive(self) -> bool:
+        return self.dp.adaptive is not None
 
 
 @dataclass(frozen=True)
@@ -282,8 +280,13 @@ class TrainingConfig:
     @property
     def update_norm_bound(self) -> float | None:
         """The L2 bound every decoded update must meet: ``max_update_norm``,
-        tightened to ``dp.clip_norm`` when DP is on (the noise's sensitivity)."""
-        bounds = [b for b in (self.max_update_norm, self.dp and self.dp.dp.clip_norm) if b]
+        tightened to ``dp.clip_norm`` with central DP at a fixed bound (the
+        noise's sensitivity). With adaptive clipping the service checks each
+        update against its base version's bound instead; in local mode an
+        update carries the device's noise, far above the clip norm."""
+        dp = self.dp
+        fixed = dp.dp.clip_norm if dp is not None and dp.central and not dp.adaptive else None
+        bounds = [b for b in (self.max_update_norm, fixed) if b]
         return min(bounds) if bounds else None
 
     @classmethod
@@ -401,18 +404,43 @@ def _check_privacy(config: TrainingConfig, where: str) -> None:
             )
     if config.dp is not None:
         dp = config.dp.dp
+        _check_dp_modes(config, where)
         try:
             if config.secagg is None:  # with secagg the device clips to secagg.clip_norm instead
                 check_codec_compatible(dp, config.codec)
         except PrivacyConfigError as exc:
             raise ConfigError(f"{where}.{exc}") from exc
         limit = config.max_update_norm
-        if dp.clip_norm is not None and limit is not None and limit > dp.clip_norm:
+        fixed = dp.mode is DPMode.CENTRAL and dp.adaptive is None
+        if fixed and dp.clip_norm is not None and limit is not None and limit > dp.clip_norm:
             raise ConfigError(
                 f"{where}.max_update_norm: {limit:g} is above dp.clip_norm = {dp.clip_norm:g}; "
                 "with DP the service enforces the clip norm, so leave max_update_norm unset "
                 "or at most dp.clip_norm"
             )
+
+
+def _check_dp_modes(config: TrainingConfig, where: str) -> None:
+    """Local DP and adaptive clipping with the rest of the config: what would
+    waste or break the guarantee (docs/privacy.md, "Refused configurations").
+    Their combinations with secagg are refused in :func:`_check_secagg`."""
+    assert config.dp is not None
+    dp = config.dp.dp
+    if dp.mode is DPMode.LOCAL and config.codec.get("clip_norm") is not None:
+        raise ConfigError(
+            f"{where}.codec.clip_norm: in local mode the device clips at dp.clip_norm *before* "
+            "adding its noise; a codec clip stage would then clip the noised vector (norm ≈ "
+            "√parameters × noise_multiplier × clip_norm): still private, but it throws away "
+            "almost all of the signal. Remove codec.clip_norm"
+        )
+    limit = config.max_update_norm
+    if dp.adaptive is not None and limit is not None and limit < dp.adaptive.max_clip_norm:
+        raise ConfigError(
+            f"{where}.max_update_norm: {limit:g} is below dp.adaptive.max_clip_norm = "
+            f"{dp.adaptive.max_clip_norm:g}: once the adaptive bound grew past it, honest "
+            "updates would be refused. Leave max_update_norm unset (the service enforces each "
+            "version's bound) or lower dp.adaptive.max_clip_norm"
+        )
 
 
 def _secagg_section(data: Mapping[str, Any], where: str) -> SecAggConfig | None:
