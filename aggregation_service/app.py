@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 
+from aggregation_service import dashboard
 from aggregation_service.config import ServiceConfig
 from aggregation_service.errors import ApiError, StorageError, bad_request, not_found
 from aggregation_service.openapi import openapi_document
@@ -549,6 +550,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/v1/devices/enroll", enroll),
     ("POST", "/v1/devices/checkin", checkin),
     ("POST", "/v1/devices/updates", upload_update),
+    *dashboard.ROUTES,  # the operator dashboard at /
 ]
 
 
@@ -567,6 +569,7 @@ def create_app(
     app[LIMITER] = RateLimiter(svc.clock, config.rate_limit.rate_per_s, config.rate_limit.burst)
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
+    dashboard.setup(app, svc)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await app[SERVICE].start()

@@ -277,6 +277,7 @@ def openapi_document() -> dict[str, Any]:
             )
         },
     }
+    paths.update(_dashboard_paths())
     return {
         "openapi": "3.1.0",
         "info": {"title": "fedge aggregation service", "version": "1"},
@@ -285,6 +286,7 @@ def openapi_document() -> dict[str, Any]:
             "securitySchemes": {
                 "operatorToken": {"type": "http", "scheme": "bearer"},
                 "deviceToken": {"type": "http", "scheme": "bearer"},
+                "dashboardSession": {"type": "apiKey", "in": "cookie", "name": "fedge_session"},
             },
             "schemas": {
                 "Error": {
@@ -300,5 +302,114 @@ def openapi_document() -> dict[str, Any]:
                     },
                 },
             },
+        },
+    }
+
+
+# --- the operator dashboard (aggregation_service.dashboard) ---------------------------------
+
+_SESSION = "dashboardSession"
+_NO_SESSION = {"401": "no valid dashboard session (log in at /)"}
+# State-changing dashboard calls: the session cookie, its CSRF token, a same-origin request.
+_CHANGE = {
+    **_NO_SESSION,
+    "403": "bad_csrf: missing or wrong X-Fedge-CSRF header; bad_origin: cross-origin request",
+    "404": "unknown model or version",
+}
+_CSRF_PARAM = {
+    "name": "X-Fedge-CSRF",
+    "in": "header",
+    "required": True,
+    "description": "the session's CSRF token (the dashboard page's fedge-csrf meta tag)",
+    "schema": {"type": "string"},
+}
+
+
+def _change(summary: str, codes: dict[str, str], body: bool = False) -> dict[str, Any]:
+    op = _op(summary, security=_SESSION, params=_MODEL, codes={**codes, **_CHANGE})
+    op["parameters"].append(_CSRF_PARAM)
+    if body:
+        op["requestBody"] = {"required": False, "content": {"application/json": {}}}
+    return op
+
+
+def _dashboard_paths() -> dict[str, dict[str, Any]]:
+    return {
+        "/": {
+            "get": _op(
+                "The dashboard page with a session, the login form without one (text/html)",
+                security=None,
+                codes={"200": "HTML page"},
+            )
+        },
+        "/login": {
+            "post": _op(
+                "Log in with the operator token (form field 'token'): 303 to / with an "
+                "HttpOnly, SameSite=Strict session cookie (Secure over TLS); the cookie "
+                "holds a random session id, never the token",
+                security=None,
+                body="application/x-www-form-urlencoded",
+                codes={
+                    "303": "logged in; Set-Cookie fedge_session",
+                    "400": "no token given (the form again) or an unreadable form",
+                    "401": "wrong operator token (the form again, no cookie)",
+                    "403": "bad_origin: cross-origin form post",
+                    "413": "body over 4 KiB",
+                    "415": "not a urlencoded form",
+                },
+            )
+        },
+        "/logout": {
+            "post": {
+                **_op(
+                    "End the session and clear its cookie",
+                    security=_SESSION,
+                    codes={"200": "{status: logged_out}", **_NO_SESSION, "403": _CHANGE["403"]},
+                ),
+                "parameters": [_CSRF_PARAM],
+            }
+        },
+        "/dashboard/static/{name}": {
+            "get": _op(
+                "The dashboard's CSS and JavaScript (a fixed set of files)",
+                security=None,
+                params=("name",),
+                codes={"200": "the file", "404": "no such file"},
+            )
+        },
+        "/dashboard/api/state": {
+            "get": _op(
+                "Everything the dashboard draws: models (as GET /v1/models), live counters "
+                "(the numbers of /metrics), devices by state and by profile, health",
+                security=_SESSION,
+                codes={"200": "{time, health, models, counters, devices}", **_NO_SESSION},
+            )
+        },
+        "/dashboard/api/models/{model}/promote": {
+            "post": _change(
+                'Promote a version (as POST /v1/models/{model}/promote): {"version": v}',
+                {"200": "promoted", "400": "bad JSON or version", "415": "not JSON"},
+                body=True,
+            )
+        },
+        "/dashboard/api/models/{model}/rollback": {
+            "post": _change(
+                'Roll back (as POST /v1/models/{model}/rollback); optional {"version": v}',
+                {
+                    "200": "rolled back",
+                    "400": "bad JSON or version",
+                    "409": "nothing to roll back to",
+                    "415": "not JSON",
+                },
+                body=True,
+            )
+        },
+        "/dashboard/api/models/{model}/pause": {
+            "post": _change("Pause training (as POST /v1/models/{model}/pause)", {"200": "paused"})
+        },
+        "/dashboard/api/models/{model}/resume": {
+            "post": _change(
+                "Resume training (as POST /v1/models/{model}/resume)", {"200": "resumed"}
+            )
         },
     }
