@@ -180,6 +180,17 @@ def _field(
     return value
 
 
+def _clip_bit(request: web.Request) -> int | None:
+    """Fedge-Clip-Bit (adaptive clipping): absent, or exactly "0" or "1". The
+    service refuses an absent bit when the model's dp.adaptive is on."""
+    raw = request.headers.get("Fedge-Clip-Bit")
+    if raw is None:
+        return None
+    if raw not in ("0", "1"):
+        raise bad_request("bad_header", f"Fedge-Clip-Bit must be 0 or 1, got {raw[:16]!r}")
+    return int(raw)
+
+
 def _header_int(request: web.Request, name: str, minimum: int) -> int:
     raw = request.headers.get(name)
     if raw is None:
@@ -369,11 +380,12 @@ async def upload_update(request: web.Request) -> web.Response:
     try:
         base = _header_int(request, "Fedge-Base-Version", 1)
         examples = _header_int(request, "Fedge-Examples", 1)
+        clip_bit = _clip_bit(request)
         body = await read_capped(request, service.max_update_bytes(model))
     except ApiError as exc:
         raise service._reject(exc) from None
     receipt = await service.accept_update(
-        UpdateRequest(device, model, assignment, base, examples, key, body)
+        UpdateRequest(device, model, assignment, base, examples, key, body, clip_bit)
     )
     return web.json_response(
         {"status": "accepted", "update_id": receipt.update_id, "duplicate": receipt.duplicate},

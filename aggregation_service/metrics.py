@@ -168,6 +168,12 @@ class Metrics:
             ["model"],
         )
         self.dp_delta = Gauge("fedge_dp_delta", "δ of the DP guarantee, by model", ["model"])
+        self.dp_clip_norm = Gauge(
+            "fedge_dp_clip_norm",
+            "L2 clip bound devices training from the last published DP version use "
+            "(moves with adaptive clipping), by model",
+            ["model"],
+        )
         self.outstanding = Gauge(
             "fedge_outstanding_assignments", "Plans handed out and not yet reported", ["model"]
         )

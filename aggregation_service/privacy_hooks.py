@@ -14,7 +14,11 @@ Persistence (two tables of the service's SQLite file, created here):
   subtract the noise. It never leaves the database (not in any API answer,
   log line or metric).
 - ``privacy_versions(model, version, report, accountant)`` — the accountant's
-  report for each DP version and its whole state after that step. A publish
+  report for each DP version and its whole state after that step. The report
+  also carries ``clip_norm``: the bound devices training *from* that version
+  clip with (it moves with adaptive clipping; a restart reads it back).
+- ``privacy_uploads(model, version, device, uploads)`` — local DP only: the
+  noised releases each device made, for its per-device ε. A publish
   reads the state of its *base* version (so a rollback continues from the
   right ledger), records one step on a copy, writes the row, then commits the
   publication. A crash between the two leaves a row for a version that was
@@ -39,8 +43,8 @@ import quantization
 from aggregation_service import codec
 from aggregation_service.config import Aggregator, DPSettings, TrainingConfig
 from aggregation_service.store import Store, VersionRow
-from privacy.accountant import PrivacyAccountant
-from privacy.dp import add_noise
+from privacy.accountant import PrivacyAccountant, local_epsilon
+from privacy.dp import AdaptiveClipper, add_noise
 from privacy.robust import (
     Action,
     AnomalyScorer,
@@ -62,6 +66,13 @@ CREATE TABLE IF NOT EXISTS privacy_versions (
     report TEXT NOT NULL,             -- PrivacyReport.to_dict() of this version's step
     accountant TEXT NOT NULL,         -- PrivacyAccountant.to_dict() after this step
     PRIMARY KEY (model, version)
+);
+CREATE TABLE IF NOT EXISTS privacy_uploads (
+    model TEXT NOT NULL,              -- local DP: who released how many noised updates
+    version INTEGER NOT NULL,
+    device TEXT NOT NULL,
+    uploads INTEGER NOT NULL,
+    PRIMARY KEY (model, version, device)
 );
 """
 
@@ -132,12 +143,198 @@ def fixed_denominator(config: TrainingConfig) -> int:
     return config.buffer_size
 
 
+def count_rng(seed: int, version: int) -> np.random.Generator:
+    """The clip-bit count's noise: its own stream, so that turning adaptive
+    clipping on does not change the update noise of a version."""
+    return np.random.default_rng(np.random.SeedSequence([seed, version, 1]))
+
+
 def dp_mean(
-    sums: Mapping[str, np.ndarray], settings: DPSettings, rng: np.random.Generator, k: int
+    sums: Mapping[str, np.ndarray],
+    settings: DPSettings,
+    rng: np.random.Generator,
+    k: int,
+    clip_norm: float | None = None,
 ) -> dict[str, np.ndarray]:
-    """(Σ wᵢΔᵢ + N(0, (z·C)²)) / K, with every wᵢ ≤ 1 (staleness only)."""
-    noised = add_noise(sums, settings.dp, rng, clip_norm=settings.dp.clip_norm, max_weight=1.0)
+    """(Σ wᵢΔᵢ + N(0, (z_Δ·C)²)) / K, with every ‖wᵢΔᵢ‖ ≤ C (the service
+    enforces it at intake). ``clip_norm`` is the step's C (adaptive clipping;
+    default: the configured one). In local mode the devices added the noise
+    and the service adds none: Σ wᵢΔᵢ / K."""
+    if not settings.central:
+        return {name: np.asarray(value) / float(k) for name, value in sums.items()}
+    c = settings.dp.clip_norm if clip_norm is None else clip_norm
+    noised = add_noise(sums, settings.dp, rng, clip_norm=c, max_weight=1.0)
     return {name: value / float(k) for name, value in noised.items()}
+
+
+# --- adaptive clipping: the bound per version, the clip bits per step ------------------
+
+
+@dataclass
+class StepTally:
+    """What a step's records carry for DP beyond their sum (never published
+    as is: the raw count of clip bits is not private)."""
+
+    bits: int = 0  # Σ bᵢ: updates that fitted under their bound before clipping
+    reported: int = 0  # records carrying a bit
+    reference: float = 0.0  # max over records of the bound their weight was scaled to
+    devices: dict[str, int] | None = None  # local DP: releases per device in this step
+
+    def add(self, bit: int | None, reference: float | None, device: str) -> None:
+        if bit is not None:
+            self.bits += int(bit)
+            self.reported += 1
+        if reference is not None:
+            self.reference = max(self.reference, float(reference))
+        if self.devices is None:
+            self.devices = {}
+        self.devices[device] = self.devices.get(device, 0) + 1
+
+
+class ClipState:
+    """Adaptive clipping in the service: the bound of each version (cached
+    from the version rows' reports) and each open or sealed buffer's tally.
+
+    A device trains from version v and clips at C_v (the plan says so). The
+    service enforces ‖Δ‖ ≤ C_v at decoding and scales the update's weight by
+    min(1, C_ref / C_v), C_ref the bound of the training version when the
+    update is admitted; the step's noise is calibrated to the largest C_ref
+    of its records (one value in sync rounds and whenever no version was
+    published while the buffer filled). Bits and C_ref are written to each
+    log record, so a replay rebuilds the identical tally."""
+
+    def __init__(self) -> None:
+        self._bounds: dict[tuple[str, int], float] = {}
+        self._tallies: dict[int, StepTally] = {}
+
+    # bounds
+    def load(self, model: str, reports_by_version: Mapping[int, Mapping[str, Any]]) -> None:
+        for version, report in reports_by_version.items():
+            bound = report.get("clip_norm")
+            if isinstance(bound, int | float) and bound > 0:
+                self._bounds[(model, version)] = float(bound)
+
+    def put(self, model: str, version: int, bound: float) -> None:
+        self._bounds[(model, version)] = bound
+
+    def bound(self, model: str, version: int, settings: DPSettings) -> float:
+        """The bound devices training from ``version`` clip with: the adaptive
+        value stored with it (kept within the current min/max), else the
+        configured ``dp.clip_norm``."""
+        configured = settings.dp.clip_norm
+        assert configured is not None  # DPSettings requires it
+        a = settings.dp.adaptive
+        if a is None:
+            return configured
+        stored = self._bounds.get((model, version))
+        if stored is None:
+            return configured
+        return min(max(stored, a.min_clip_norm), a.max_clip_norm)
+
+    def plan(
+        self, model: str, version: int, settings: DPSettings, codec_spec: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The plan's ``dp`` block and the codec the device must use."""
+        bound = self.bound(model, version, settings)
+        local = not settings.central
+        block = {
+            "mode": settings.dp.mode.value,
+            "clip_norm": bound,
+            "noise_multiplier": settings.dp.noise_multiplier if local else 0.0,
+            "clip_bit": settings.adaptive,
+        }
+        codec_out = dict(codec_spec)
+        if settings.adaptive:  # the codec's clip stage follows the moving bound
+            codec_out["clip_norm"] = bound
+        return block, codec_out
+
+    def admit(
+        self, model: str, settings: DPSettings, base: int, training: int
+    ) -> tuple[float | None, float, float | None]:
+        """(the decode bound, the weight factor ≤ 1, C_ref) for an update from ``base``."""
+        if not settings.central:
+            return None, 1.0, None
+        if not settings.adaptive:
+            return None, 1.0, settings.dp.clip_norm  # the config's fixed bound applies
+        c_base = self.bound(model, base, settings)
+        c_ref = self.bound(model, training, settings)
+        return c_base, min(1.0, c_ref / c_base), c_ref
+
+    # tallies
+    def tally(self, buffer: object) -> StepTally:
+        return self._tallies.setdefault(id(buffer), StepTally())
+
+    def take(self, buffer: object) -> StepTally:
+        return self._tallies.pop(id(buffer), StepTally())
+
+
+def adapt(
+    settings: DPSettings,
+    tally: StepTally,
+    *,
+    base_bound: float,
+    seed: int,
+    version: int,
+    expected: int,
+) -> dict[str, Any]:
+    """After a step on top of a version with bound ``base_bound``: the step's
+    sensitivity and the bound for devices training from the new version.
+    Only noised figures go in the returned dict (it is published)."""
+    dp = settings.dp
+    assert dp.clip_norm is not None
+    if not settings.central:
+        return {"clip_norm": dp.clip_norm, "noise_clip_norm": None}
+    if dp.adaptive is None:
+        return {"clip_norm": dp.clip_norm, "noise_clip_norm": dp.clip_norm}
+    clipper = AdaptiveClipper(dp, clip_norm=base_bound)
+    step = clipper.update(
+        tally.bits, float(expected), count_rng(seed, version), reported=tally.reported
+    )
+    return {
+        "clip_norm": step.clip_after,
+        "noise_clip_norm": tally.reference or base_bound,
+        "clip_norm_before": step.clip_before,
+        "unclipped_fraction": step.noisy_fraction,  # b̄, noised: safe to publish
+        "update_noise_multiplier": dp.update_noise_multiplier,
+    }
+
+
+def record_uploads(
+    store: Store, model: str, version: int, devices: Mapping[str, int]
+) -> int:
+    """Local DP: book this step's releases per device (idempotent for a
+    replayed step) and return the most releases any device has made."""
+    conn = store.conn
+    with conn:
+        conn.executemany(
+            "INSERT OR REPLACE INTO privacy_uploads (model, version, device, uploads) "
+            "VALUES (?, ?, ?, ?)",
+            [(model, version, d, n) for d, n in devices.items()],
+        )
+    row = conn.execute(
+        "SELECT MAX(total) FROM (SELECT SUM(uploads) AS total FROM privacy_uploads "
+        "WHERE model = ? AND version <= ? GROUP BY device)",
+        (model, version),
+    ).fetchone()
+    return int(row[0] or 0)
+
+
+def local_report(
+    report: Mapping[str, Any], settings: DPSettings, max_uploads: int
+) -> dict[str, Any]:
+    """Local DP's answer: each upload is the Gaussian mechanism on the device's
+    own clipped update (sensitivity 2C between any two inputs, so the charged
+    multiplier is z/2, no amplification). ``step_epsilon`` is one release;
+    ``epsilon`` is the device with the most releases so far."""
+    one = local_epsilon(settings.dp, 1)
+    most = local_epsilon(settings.dp, max_uploads)
+    return {
+        **report,
+        "step_epsilon": one,
+        "epsilon": most,
+        "device_uploads_max": max_uploads,
+        "guarantee": "local, per device",
+    }
 
 
 def account(

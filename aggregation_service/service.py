@@ -128,6 +128,7 @@ class UpdateRequest:
     examples: int
     idempotency_key: str
     body: bytes
+    clip_bit: int | None = None  # Fedge-Clip-Bit (adaptive clipping), None if not sent
 
 
 @dataclass(frozen=True)
@@ -204,6 +205,8 @@ class _Intake:
     weight: float = 0.0
     round_id: str | None = None
     round_deadline: float | None = None
+    max_norm: float | None = None  # adaptive DP: the bound of the update's base version
+    clip_ref: float | None = None  # adaptive DP: the bound the weight was scaled to
 
 
 class _KeyLookups:
@@ -253,6 +256,13 @@ class _KeyLookups:
                         f.set_result(update_id)
 
 
+def _tighter(a: float | None, b: float | None) -> float | None:
+    """The smaller of two optional bounds."""
+    if a is None or b is None:
+        return a if b is None else b
+    return min(a, b)
+
+
 def _follow(first: asyncio.Future[Any], item: _Intake) -> None:
     """Answer a same-key upload of the same batch like the first one."""
     if item.future.done():
@@ -266,17 +276,17 @@ def _follow(first: asyncio.Future[Any], item: _Intake) -> None:
 
 
 def _decode_batch(
-    items: list[tuple[bytes, float, dict[str, tuple[int, ...]]]],
+    items: list[tuple[bytes, float, dict[str, tuple[int, ...]], float | None]],
     sums: dict[str, np.ndarray],
-    max_norm: float | None,
     capacity: int,
 ) -> list[str | None]:
-    """Sum frames into ``sums`` in order until ``capacity`` succeeded. Returns
-    one entry per processed item: None (summed) or the codec's error message.
-    Runs on the decode thread."""
+    """Sum frames into ``sums`` in order until ``capacity`` succeeded; each
+    item carries its own L2 bound (None: none). Returns one entry per
+    processed item: None (summed) or the codec's error message. Runs on the
+    decode thread."""
     outcomes: list[str | None] = []
     accepted = 0
-    for body, weight, expected in items:
+    for body, weight, expected, max_norm in items:
         if accepted >= capacity:
             break
         try:
@@ -329,6 +339,7 @@ class AggregationService:
         self._screens = privacy_hooks.Screens()  # robust: per-model anomaly scorer + policy
         self._round_updates = privacy_hooks.RoundUpdates()  # sync median / trimmed mean
         self._ledgers = privacy_hooks.Ledgers()  # DP accountants of recent versions
+        self._clip = privacy_hooks.ClipState()  # DP: clip bound per version, bits per step
         self.started = False
         self.metrics.buffer_fill.collect = lambda: {
             (n,): float(m.buffer.count) for n, m in self.models.items()
@@ -375,6 +386,8 @@ class AggregationService:
         await self._io_run(self.log.open)
         for row in await self.store.run(self.store.models):
             self.models[row.name] = await self._load_runtime(row)
+            reports = await self.store.run(privacy_hooks.reports, self.store, row.name)
+            self._clip.load(row.name, reports)  # adaptive clipping: each version's bound
         await self._replay()
         for rt in self.models.values():
             rt.publisher = self._spawn(self._publisher(rt))
@@ -509,6 +522,7 @@ class AggregationService:
             if isinstance(dense, dict):
                 self._round_updates.add(rt.buffer, dense)
         rt.buffer.round_id = round_id
+        self._clip.tally(rt.buffer).add(h.get("clip_bit"), h.get("clip_ref"), str(h["device"]))
         rt.buffer.record(
             weight=float(h["weight"]),
             tau=int(h["tau"]),
@@ -692,6 +706,7 @@ class AggregationService:
         dropped = rt.buffer.count + sum(b.count for b in rt.sealed)
         for b in (rt.buffer, *rt.sealed):
             self._round_updates.take(b)
+            self._clip.take(b)
         if dropped:
             self.metrics.updates_discarded.inc(rt.name, amount=dropped)
             log.warning("model %s: %d buffered updates discarded (new lineage)", rt.name, dropped)
@@ -982,6 +997,10 @@ class AggregationService:
             "model": f"{base}/model.tflite",
             "weights": f"{base}/weights",
         }
+        codec_spec, dp_plan = dict(cfg.codec), {}
+        if cfg.dp is not None:  # the bound of this version (adaptive), local noise
+            dp_block, codec_spec = self._clip.plan(name, version, cfg.dp, cfg.codec)
+            dp_plan = {"dp": dp_block}
         cached = body.get("cached_version")
         if isinstance(cached, int) and cached != version and rt.is_ancestor(cached):
             urls["delta"] = f"{base}/weights?from={cached}"
@@ -997,9 +1016,10 @@ class AggregationService:
                 "weights_sha256": rt.training.weights_sha256,
                 "urls": urls,
                 "client": dict(vars(cfg.client)),
-                "codec": dict(cfg.codec),
+                "codec": codec_spec,
                 "deadline_s": round(deadline_at - now, 3),
                 "deadline_at": deadline_at,
+                **dp_plan,
             },
         }
 
@@ -1211,6 +1231,23 @@ class AggregationService:
         # would make one device's contribution, hence the sensitivity, unbounded.
         examples = 1 if cfg.dp is not None else req.examples
         item.weight = staleness_weight(examples, tau, cfg.staleness_exponent)
+        if cfg.dp is not None and cfg.dp.adaptive:
+            if req.clip_bit is None:
+                item.future.set_exception(
+                    self._reject(
+                        bad_request(
+                            "clip_bit_required",
+                            "adaptive clipping is on: send Fedge-Clip-Bit (1 if the update's "
+                            "norm was within the plan's dp.clip_norm before clipping, else 0)",
+                        )
+                    )
+                )
+                return False
+            # Decode against the base version's bound; scale down to the current one.
+            item.max_norm, factor, item.clip_ref = self._clip.admit(
+                rt.name, cfg.dp, req.base_version, rt.training.version
+            )
+            item.weight *= factor
         batch_keys[key] = item
         batch_assignments.add(req.assignment_id)
         return True
@@ -1247,9 +1284,8 @@ class AggregationService:
             sums = rt.buffer.sums
             errors: list[str | None] = await self._cpu_run(
                 _decode_batch,
-                [(i.req.body, i.weight, i.expected) for i in todo],
+                [(i.req.body, i.weight, i.expected, _tighter(i.max_norm, max_norm)) for i in todo],
                 sums,
-                max_norm,
                 self._capacity(rt),
             )
             for item, error in zip(todo, errors, strict=False):
@@ -1346,6 +1382,9 @@ class AggregationService:
             "round": item.round_id,
             "round_deadline": item.round_deadline,
         }
+        if cfg.dp is not None:  # replay rebuilds the step's clip-bit tally from these
+            header["clip_bit"] = req.clip_bit
+            header["clip_ref"] = item.clip_ref
         try:
             _, end, durable = self.log.append(header, req.body)
         except StorageError as exc:
@@ -1364,6 +1403,8 @@ class AggregationService:
             end_offset=end,
         )
         rt.buffer.durable = durable
+        if cfg.dp is not None:
+            self._clip.tally(rt.buffer).add(req.clip_bit, item.clip_ref, req.device_id)
         rt.pending_keys[req.idempotency_key] = (update_id, durable)
         del rt.open_assignments[req.assignment_id]
         self.metrics.staleness.observe(item.tau)
@@ -1480,8 +1521,18 @@ class AggregationService:
         dp = rt.config.dp
         privacy: tuple[dict[str, Any], dict[str, Any], Any] | None = None
         noise_seed = 0
+        tally = self._clip.take(buf)
+        clip_info: dict[str, Any] = {}
         if dp is not None:
             noise_seed = await self.store.run(privacy_hooks.model_seed, self.store, rt.name)
+            clip_info = privacy_hooks.adapt(
+                dp,
+                tally,
+                base_bound=self._clip.bound(rt.name, base.version, dp),
+                seed=noise_seed,
+                version=version,
+                expected=privacy_hooks.fixed_denominator(rt.config),
+            )
             cached = self._ledgers.get(rt.name, base.version)
             ledger = (
                 None
@@ -1491,7 +1542,7 @@ class AggregationService:
                 )
             )
             # RDP maths (tens of ms or more): on the publish thread, not the decode thread.
-            privacy = await asyncio.get_running_loop().run_in_executor(
+            report, ledger_after, accountant = await asyncio.get_running_loop().run_in_executor(
                 self._publish_pool,
                 privacy_hooks.account,
                 ledger,
@@ -1500,12 +1551,23 @@ class AggregationService:
                 buf.count,
                 cached,
             )
+            report = {**report, **clip_info}
+            if not dp.central:  # local DP: the per-device guarantee
+                most = await self.store.run(
+                    privacy_hooks.record_uploads, self.store, rt.name, version, tally.devices or {}
+                )
+                report = privacy_hooks.local_report(report, dp, most)
+            privacy = (report, ledger_after, accountant)
         k = privacy_hooks.fixed_denominator(rt.config)
 
         def step() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], bytes, bytes]:
             if dp is not None:  # Gaussian noise on the sum, then a fixed denominator
                 delta = privacy_hooks.dp_mean(
-                    buf.sums, dp, privacy_hooks.noise_rng(noise_seed, version), k
+                    buf.sums,
+                    dp,
+                    privacy_hooks.noise_rng(noise_seed, version),
+                    k,
+                    clip_info.get("noise_clip_norm"),
                 )
             elif robust:  # sync median / trimmed mean over the round's dense updates
                 delta = privacy_hooks.robust_mean(individual, rt.config)
@@ -1554,6 +1616,8 @@ class AggregationService:
         self.metrics.versions_published.inc(rt.name)
         if privacy is not None:
             self._ledgers.put(rt.name, version, privacy[2])
+            self._clip.put(rt.name, version, float(privacy[0]["clip_norm"]))
+            self.metrics.dp_clip_norm.values[(rt.name,)] = float(privacy[0]["clip_norm"])
             eps = privacy[0]["epsilon"]
             self.metrics.dp_epsilon.values[(rt.name,)] = math.inf if eps is None else float(eps)
             self.metrics.dp_delta.values[(rt.name,)] = float(privacy[0]["delta"])

@@ -442,7 +442,9 @@ class Agent:
             log.info("discarding a residual that does not fit version %d's tensors", plan.version)
             residual = None
         seed = self.rng.getrandbits(32)
-        encoded = await asyncio.to_thread(codec.encode_update, update, plan.codec, residual, seed)
+        encoded = await asyncio.to_thread(
+            codec.encode_update, update, plan.codec, residual, seed, plan.dp
+        )
         entry = QueuedUpload(
             # Always from the OS's entropy, never from the (possibly seeded) rng: a
             # restarted agent with the same seed must not reuse a key, or the
@@ -454,6 +456,7 @@ class Agent:
             examples=examples,
             created_at=self.clock.time(),
             deadline_at=plan.deadline_at,
+            clip_bit=encoded.clip_bit,
         )
         # The residual is saved before the update is queued: if power is lost in
         # between, error-feedback mass is lost (harmless) rather than sent twice.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,10 @@ import numpy as np
 
 import quantization
 from edge_client.errors import DownloadError, ServerError
+from edge_client.protocol import PlanDP
 from fedge.manifest import Manifest
+from privacy.dp import DPConfig, DPMode, add_local_noise, global_norm
+from privacy.errors import PrivacyConfigError
 from quantization import CodecError
 
 
@@ -26,6 +30,7 @@ class EncodedUpdate:
     payload: bytes
     residual: dict[str, np.ndarray]  # empty when the codec keeps no error feedback
     stats: Mapping[str, Any]
+    clip_bit: int | None = None  # adaptive clipping: 1 if the norm fitted under the bound
 
 
 def _shapes(manifest: Manifest) -> dict[str, tuple[int, ...]]:
@@ -64,7 +69,36 @@ def encode_update(
     spec: Mapping[str, Any],
     residual: Mapping[str, np.ndarray] | None,
     seed: int,
+    dp: PlanDP | None = None,
+    *,
+    noise_rng: np.random.Generator | None = None,
 ) -> EncodedUpdate:
+    """Encode ``update`` with the plan's codec and its ``dp`` block.
+
+    Local DP (``dp.mode == "local"``): clip to ``dp.clip_norm``, add
+    N(0, (z·C)²) to every coordinate, and only then compress — sparsifying and
+    quantizing a privatized vector is post-processing. Error feedback is off
+    in this mode: the residual is neither added nor returned, because what a
+    residual would carry is mostly the unsent part of the *noise* (it would
+    pile up across rounds), and a noise-free residual would add un-noised,
+    data-dependent mass to the next release outside the clip bound. The noise
+    comes from the OS's entropy unless ``noise_rng`` is given (tests): never
+    from the agent's possibly seeded generator, which the server might know.
+    """
+    clip_bit: int | None = None
+    local = dp is not None and dp.mode == DPMode.LOCAL.value
+    if dp is not None:
+        try:
+            if dp.clip_bit:
+                # Andrew et al.'s bit: did the update fit under the bound before clipping?
+                clip_bit = int(global_norm(update) <= dp.clip_norm)
+            if local:
+                config = DPConfig(dp.noise_multiplier, dp.clip_norm, mode=DPMode.LOCAL)
+                rng = noise_rng or np.random.default_rng(secrets.randbits(128))
+                update = add_local_noise(update, config, rng).update
+                residual = None
+        except PrivacyConfigError as exc:
+            raise ServerError(f"cannot apply the plan's dp block: {exc}", retryable=False) from exc
     try:
         codec_spec = quantization.CodecSpec.from_dict(dict(spec))
     except (CodecError, TypeError, KeyError) as exc:
@@ -75,11 +109,12 @@ def encode_update(
         )
     except CodecError as exc:
         raise ServerError(f"cannot encode the update with the plan's codec: {exc}") from exc
-    out_residual = encoded.residual
+    out_residual = {} if local else encoded.residual
     stats = encoded.stats
     stats_dict = {k: v for k, v in dataclasses.asdict(stats).items() if k != "index_codings"}
     return EncodedUpdate(
         bytes(encoded.payload),
         {k: np.asarray(v) for k, v in out_residual.items()},
         stats_dict,
+        clip_bit,
     )

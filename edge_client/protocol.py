@@ -86,6 +86,37 @@ class ClientPlan:
 
 
 @dataclass(frozen=True)
+class PlanDP:
+    """The plan's ``dp`` block (docs/protocol.md): what differential privacy
+    asks of this device for this assignment. Plans are authoritative: an
+    agent that cannot honour it must not upload."""
+
+    mode: str  # "central": the server adds noise; "local": this device does
+    clip_norm: float  # the L2 bound of the version being trained from
+    noise_multiplier: float  # local: noise std = noise_multiplier × clip_norm per coordinate
+    clip_bit: bool  # adaptive clipping: send Fedge-Clip-Bit with the update
+
+    @classmethod
+    def parse(cls, data: Any) -> PlanDP | None:
+        what = "check-in plan.dp"
+        if data is None:
+            return None
+        if not isinstance(data, dict):
+            raise ServerError(f"{what}: expected an object", retryable=True)
+        mode = _field(data, "mode", str, what)
+        clip = float(_field(data, "clip_norm", (int, float), what))
+        z = float(data.get("noise_multiplier") or 0.0)
+        bit = data.get("clip_bit", False)
+        if mode not in ("central", "local") or not (math.isfinite(clip) and clip > 0):
+            raise ServerError(f"{what}: bad mode {mode!r} or clip_norm {clip!r}", retryable=True)
+        if not isinstance(bit, bool) or not (math.isfinite(z) and z >= 0):
+            raise ServerError(f"{what}: bad clip_bit or noise_multiplier", retryable=True)
+        if mode == "local" and z <= 0:
+            raise ServerError(f"{what}: local DP needs noise_multiplier > 0", retryable=True)
+        return cls(mode, clip, z, bit)
+
+
+@dataclass(frozen=True)
 class Plan:
     assignment_id: str
     model: str
@@ -97,6 +128,7 @@ class Plan:
     codec: Mapping[str, Any]
     deadline_s: float
     deadline_at: float | None
+    dp: PlanDP | None = None
 
     @classmethod
     def parse(cls, data: Any) -> Plan:
@@ -134,6 +166,7 @@ class Plan:
             codec=dict(_field(data, "codec", dict, what)),
             deadline_s=float(deadline_s),
             deadline_at=float(deadline_at) if isinstance(deadline_at, int | float) else None,
+            dp=PlanDP.parse(data.get("dp")),
         )
 
 

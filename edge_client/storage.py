@@ -157,9 +157,12 @@ class QueuedUpload:
     created_at: float
     deadline_at: float | None
     attempts: int = 0
+    # Adaptive clipping: 1 if the update's norm fitted under the plan's bound
+    # before clipping, 0 if it was clipped; None when the plan did not ask.
+    clip_bit: int | None = None
 
     def headers(self) -> dict[str, str]:
-        return {
+        headers = {
             "Idempotency-Key": self.idempotency_key,
             "Fedge-Assignment": self.assignment_id,
             "Fedge-Model": self.model,
@@ -167,6 +170,9 @@ class QueuedUpload:
             "Fedge-Examples": str(self.examples),
             "Content-Type": "application/octet-stream",
         }
+        if self.clip_bit is not None:
+            headers["Fedge-Clip-Bit"] = str(self.clip_bit)
+        return headers
 
 
 class StateDir:

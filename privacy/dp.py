@@ -460,15 +460,32 @@ class AdaptiveClipper:
         self.clip_norm = float(dp.clip_norm if clip_norm is None else clip_norm)
 
     def update(
-        self, unclipped_count: int, expected_updates: float, rng: np.random.Generator
+        self,
+        unclipped_count: int,
+        expected_updates: float,
+        rng: np.random.Generator,
+        *,
+        reported: int | None = None,
     ) -> AdaptiveClipStep:
-        if unclipped_count < 0 or not expected_updates > 0:
+        """One step. ``reported`` is the realized number of bits in the step
+        (default: ``expected_updates``, as in FedBuff where a step is exactly K
+        updates).
+
+        The released quantity is the *centred* count Σ(bᵢ − ½) + N(0, σ_b²):
+        adding or removing one device moves it by ½, which is what lets the
+        update sum keep z_Δ = (z⁻² − (2σ_b)⁻²)^(−1/2) (see
+        :attr:`DPConfig.update_noise_multiplier`). Then b̄ = release / m + ½,
+        with m the expected count (public), never the realized one.
+        """
+        n = expected_updates if reported is None else reported
+        if unclipped_count < 0 or not expected_updates > 0 or not 0 <= unclipped_count <= n:
             raise PrivacyConfigError(
-                f"adaptive clipping: need unclipped_count ≥ 0 and expected_updates > 0, got "
-                f"{unclipped_count} and {expected_updates}"
+                f"adaptive clipping: need 0 ≤ unclipped_count ≤ reported and "
+                f"expected_updates > 0, got {unclipped_count}, {reported} and {expected_updates}"
             )
         a = self.config
-        noisy = (unclipped_count + rng.normal(0.0, a.count_noise_std)) / expected_updates
+        centred = unclipped_count - n / 2 + rng.normal(0.0, a.count_noise_std)
+        noisy = centred / expected_updates + 0.5
         before = self.clip_norm
         after = before * math.exp(-a.learning_rate * (noisy - a.target_quantile))
         self.clip_norm = min(max(after, a.min_clip_norm), a.max_clip_norm)
