@@ -393,6 +393,40 @@ async def upload_update(request: web.Request) -> web.Response:
     )
 
 
+# --- secure aggregation (aggregation_service.secagg_rounds) ---------------------------------
+
+
+async def secagg_send(request: web.Request) -> web.Response:
+    """POST one SecAgg message (privacy.secagg.encode_message bytes)."""
+    device = await require_device(request)
+    assert device is not None
+    rounds = request.app[SERVICE].secagg
+    round_id, step = request.match_info["round"], request.match_info["step"]
+    rnd = rounds.check_post(round_id, step, device)
+    if request.content_type != "application/octet-stream":
+        raise rounds.refuse(
+            ApiError(415, "unsupported_media_type", "a secure aggregation message is "
+                     "application/octet-stream")
+        )
+    try:
+        body = await read_capped(request, rounds.max_body_bytes(round_id))
+    except ApiError as exc:
+        raise rounds.refuse(exc) from None
+    return web.json_response(rounds.receive(rnd, step, device, body))
+
+
+async def secagg_fetch(request: web.Request) -> web.Response:
+    """GET the server's SecAgg message for this device once the phase closed;
+    204 with Retry-After while it is open."""
+    device = await require_device(request)
+    assert device is not None
+    rounds = request.app[SERVICE].secagg
+    answer = rounds.poll(request.match_info["round"], request.match_info["step"], device)
+    if isinstance(answer, float):
+        return web.Response(status=204, headers={"Retry-After": str(round(answer))})
+    return web.Response(body=answer, content_type="application/octet-stream")
+
+
 # --- downloads -------------------------------------------------------------------------------
 
 
@@ -562,6 +596,8 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/v1/devices/enroll", enroll),
     ("POST", "/v1/devices/checkin", checkin),
     ("POST", "/v1/devices/updates", upload_update),
+    ("POST", "/v1/devices/secagg/{round}/{step}", secagg_send),
+    ("GET", "/v1/devices/secagg/{round}/{step}", secagg_fetch),
     *dashboard.ROUTES,  # the operator dashboard at /
 ]
 

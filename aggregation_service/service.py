@@ -66,6 +66,7 @@ from aggregation_service.errors import (
 from aggregation_service.metrics import Metrics
 from aggregation_service.optimizers import make_optimizer
 from aggregation_service.pacing import async_target, steer, sync_target
+from aggregation_service.secagg_rounds import SecAggRounds
 from aggregation_service.store import Assignment, ModelRow, Publication, Store, VersionRow
 from aggregation_service.strategies.fedavg_sync import RoundOutcome, SyncRound, round_outcome
 from aggregation_service.strategies.fedbuff import staleness_weight
@@ -340,6 +341,7 @@ class AggregationService:
         self._round_updates = privacy_hooks.RoundUpdates()  # sync median / trimmed mean
         self._ledgers = privacy_hooks.Ledgers()  # DP accountants of recent versions
         self._clip = privacy_hooks.ClipState()  # DP: clip bound per version, bits per step
+        self.secagg = SecAggRounds(self)  # sync rounds under secure aggregation (memory only)
         self.started = False
         self.metrics.buffer_fill.collect = lambda: {
             (n,): float(m.buffer.count) for n, m in self.models.items()
@@ -818,7 +820,7 @@ class AggregationService:
             # A smaller K completes the open buffer at once.
             if new.mode is AggregationMode.ASYNC and rt.buffer.count >= new.buffer_size:
                 self._seal(rt)
-            if old.mode is not new.mode:
+            if old.mode is not new.mode or old.secagg != new.secagg:
                 rt.round = None
         return new
 
@@ -954,6 +956,14 @@ class AggregationService:
             round_ = self._current_round(rt)
             target = sync_target(cfg.clients_per_round, cfg.over_selection)
             outstanding = len(round_.selected)
+            if cfg.secagg is not None:
+                # Devices join a secure aggregation round only while it collects keys.
+                busy = self.secagg.admission(name, device_id)
+                if busy is not None:
+                    return wait(
+                        "secagg_round_in_progress",
+                        busy + cfg.pace_min_retry_s * self.rng.uniform(0.0, 1.0),
+                    )
         else:
             target = async_target(cfg.buffer_size, cfg.over_provisioning)
             outstanding = len(rt.open_assignments)
@@ -991,6 +1001,7 @@ class AggregationService:
         )
         if round_ is not None:
             round_.selected.add(assignment.assignment_id)
+        secagg_round = self.secagg.current(name) if cfg.secagg is not None else None
         base = f"/v1/models/{name}/versions/{version}"
         urls = {
             "manifest": f"{base}/manifest.json",
@@ -1005,10 +1016,16 @@ class AggregationService:
         if isinstance(cached, int) and cached != version and rt.is_ancestor(cached):
             urls["delta"] = f"{base}/weights?from={cached}"
         self.metrics.checkins.inc("train", "")
+        secagg_plan = (
+            {"secagg": self.secagg.join(secagg_round, device_id, assignment.assignment_id)}
+            if secagg_round is not None
+            else {}
+        )
         return {
             "action": "train",
             "live_version": rt.live_version,
             "plan": {
+                **secagg_plan,
                 "assignment_id": assignment.assignment_id,
                 "model": name,
                 "version": version,
@@ -1053,7 +1070,11 @@ class AggregationService:
                 deadline_at=now + rt.config.report_deadline_s,
             )
             rt.buffer.round_id = rt.round.round_id
-            self._spawn(self._round_closer(rt, rt.round))
+            if rt.config.secagg is not None:  # the secure aggregation phases close it
+                target = sync_target(rt.config.clients_per_round, rt.config.over_selection)
+                self.secagg.open(rt, rt.round, target)
+            else:
+                self._spawn(self._round_closer(rt, rt.round))
         return rt.round
 
     async def _round_closer(self, rt: ModelRuntime, round_: SyncRound) -> None:
@@ -1458,6 +1479,19 @@ class AggregationService:
         fresh = Buffer.zeros(rt.manifest.trainable)
         fresh.end_offset = buf.end_offset
         rt.buffer = fresh
+        rt.wake_publisher.set()
+
+    def _queue_round_buffer(
+        self, rt: ModelRuntime, buf: Buffer, *, abandoned: bool = False
+    ) -> None:
+        """Queue a buffer built outside the update log (a secure aggregation
+        round's sum) for the publisher; the caller holds the lock. Its
+        checkpoint is the latest already queued, so publishing it neither
+        skips nor replays logged records."""
+        if abandoned:
+            buf.round_id = "abandoned:" + (buf.round_id or "")
+        buf.end_offset = max([rt.checkpoint, *(b.end_offset for b in rt.sealed)])
+        rt.sealed.append(buf)
         rt.wake_publisher.set()
 
     async def _publisher(self, rt: ModelRuntime) -> None:
