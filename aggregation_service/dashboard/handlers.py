@@ -179,7 +179,7 @@ async def login(request: web.Request) -> web.Response:
         )
     raw = await _read_body(request, _LOGIN_CAP)
     try:
-        form = urllib.parse.parse_qs(raw.decode("utf-8"), max_num_fields=4)
+        form = urllib.parse.parse_qs(raw.decode("utf-8"), max_num_fields=4, errors="strict")
     except (UnicodeDecodeError, ValueError) as exc:
         raise bad_request("bad_form", f"the login form is not readable: {exc}") from exc
     token = (form.get("token") or [""])[0].strip()
