@@ -20,7 +20,7 @@ import contextlib
 import logging
 import random
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -136,6 +136,9 @@ class Agent:
         self._started = False
         self._accepted: dict[str, str] = {}  # idempotency key → update_id, last drain
         self._dropped: dict[str, str] = {}  # idempotency key → why, last drain
+        # TEST SEAM: builds the privacy.secagg.SecAggClient of a secure aggregation
+        # round (tests substitute a recording or lying client); None: the real one.
+        self.secagg_client_factory: Callable[[str], Any] | None = None
 
     # --- plumbing -----------------------------------------------------------
     def _on_transition(self, old: AgentState, new: AgentState, why: str) -> None:
@@ -310,6 +313,9 @@ class Agent:
             self._to(S.BACKING_OFF, f"download failed: {exc}")
             return self._result(ERROR, wait, version=plan.version, detail=f"download: {exc}")
 
+        if plan.secagg is not None:
+            return await self._secagg_round(plan, model, received, deadline)
+
         self._to(S.TRAINING, f"{plan.client.epochs} epoch(s), batch {plan.client.batch_size}")
         outcome = await self._train(plan, model, deadline)
         if isinstance(outcome, CycleResult):
@@ -348,6 +354,76 @@ class Agent:
         self.backoff.reset()
         return self._result(
             UPLOADED, self._recheck_wait(), update_id=mine, **base
+        )
+
+    async def _secagg_round(
+        self, plan: Plan, model: CachedModel, received: float, deadline: float
+    ) -> CycleResult:
+        """A secure aggregation round instead of a codec upload: keys and
+        shares, train, clip, then masked input and unmask (edge_client.secagg)."""
+        from edge_client.secagg import (  # noqa: PLC0415 - loads `cryptography`: secagg plans only
+            SecAggExchange,
+            SecAggPlan,
+            SecAggRoundError,
+            clip_and_flatten,
+        )
+
+        base: dict[str, Any] = {"version": plan.version, "download": model.stats.to_dict()}
+        try:
+            splan = SecAggPlan.parse(plan.secagg)
+            splan.check_manifest(model.manifest)
+        except ServerError as exc:
+            self._to(S.BACKING_OFF, f"secure aggregation plan: {exc}")
+            return self._result(ERROR, self._backoff_wait(), detail=f"secagg plan: {exc}", **base)
+        assert self.identity is not None
+        factory = self.secagg_client_factory
+        exchange = SecAggExchange(
+            self.client, self.clock, self.identity.device_id, splan, received_at=received,
+            **({"client_factory": factory} if factory is not None else {}),
+        )
+
+        def ended(exc: SecAggRoundError) -> CycleResult:
+            # Refused by the server (abandoned round, excluded, …): try the next
+            # round soon. No answer before a deadline (network): back off.
+            self._to(S.BACKING_OFF, f"secure aggregation: {exc}")
+            outcome, wait = (
+                (DROPPED, self._recheck_wait()) if exc.code else (ERROR, self._backoff_wait())
+            )
+            return self._result(
+                outcome, wait, upload_bytes=exchange.stats.bytes_up or None,
+                detail=f"secure aggregation round {splan.round_id}: {exc}", **base,
+            )
+
+        try:
+            await exchange.prepare()  # in DOWNLOADING: the round's setup, before any training
+        except SecAggRoundError as exc:
+            return ended(exc)
+        self._to(S.TRAINING, f"{plan.client.epochs} epoch(s), secure aggregation round")
+        outcome = await self._train(plan, model, deadline)
+        if isinstance(outcome, CycleResult):
+            return outcome  # a dropout after sharing keys: the round recovers without it
+        trained, examples, batches, losses, seconds = outcome
+        base.update(examples=examples, batches=batches, train_seconds=seconds,
+                    mean_loss=float(np.mean(losses)) if losses else None)
+        self._to(S.ENCODING, "clip, flatten, mask")
+        update = {
+            t.name: np.asarray(trained[t.name], np.float32)
+            - np.asarray(model.weights[t.name], np.float32)
+            for t in model.manifest.trainable
+        }
+        try:
+            vector, _ = clip_and_flatten(update, splan)
+            self._to(S.UPLOADING, f"masked input of {splan.vector_length} ring elements")
+            await exchange.submit(vector)
+        except SecAggRoundError as exc:
+            return ended(exc)
+        self._to(S.WAITING_FOR_ELIGIBILITY, "secure aggregation round done")
+        self.backoff.reset()
+        return self._result(
+            UPLOADED, self._recheck_wait(), upload_bytes=exchange.stats.bytes_up,
+            detail=f"secure aggregation round {splan.round_id}: masked input "
+            f"{exchange.stats.masked_input_bytes} B, {exchange.stats.polls} polls",
+            **base,
         )
 
     async def _train(

@@ -129,6 +129,8 @@ class Plan:
     deadline_s: float
     deadline_at: float | None
     dp: PlanDP | None = None
+    # Secure aggregation round (edge_client.secagg parses it); None: upload a codec frame.
+    secagg: Mapping[str, Any] | None = None
 
     @classmethod
     def parse(cls, data: Any) -> Plan:
@@ -167,6 +169,7 @@ class Plan:
             deadline_s=float(deadline_s),
             deadline_at=float(deadline_at) if isinstance(deadline_at, int | float) else None,
             dp=PlanDP.parse(data.get("dp")),
+            secagg=dict(data["secagg"]) if isinstance(data.get("secagg"), dict) else None,
         )
 
 
