@@ -21,6 +21,7 @@ from aiohttp.test_utils import TestClient
 
 from aggregation_service import AggregationService, create_app, privacy_hooks
 from aggregation_service.app import SERVICE
+from aggregation_service.config import DPSettings
 from aggregation_service.service import UpdateRequest
 from fedge.clock import ManualClock
 from privacy.dp import DPConfig
@@ -54,7 +55,7 @@ EnvMaker = Callable[..., Awaitable[Env]]
 
 @pytest.fixture
 async def env_for(
-    aiohttp_client: Callable[..., Awaitable[TestClient]], tmp_path: Path
+    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]], tmp_path: Path
 ) -> AsyncIterator[EnvMaker]:
     async def factory(**training: Any) -> Env:
         config = make_config(tmp_path / "data", **training)
@@ -148,7 +149,7 @@ async def test_an_update_above_its_versions_bound_is_refused(env_for: EnvMaker) 
 
 
 def test_a_stale_update_is_scaled_to_the_current_bound() -> None:
-    settings = privacy_hooks.DPSettings.from_dict(DP, "dp")
+    settings = DPSettings.from_dict(DP, "dp")
     state = privacy_hooks.ClipState()
     state.put("m", 2, 0.8)
     state.put("m", 3, 0.4)
