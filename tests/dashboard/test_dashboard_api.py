@@ -320,3 +320,24 @@ def test_openapi_describes_the_dashboard() -> None:
     promote = paths["/dashboard/api/models/{model}/promote"]["post"]
     assert {"401", "403", "404"} <= set(promote["responses"])
     assert any(p["name"] == "X-Fedge-CSRF" for p in promote["parameters"])
+
+
+async def test_state_carries_privacy_spend_per_version_with_dp_on(make_env: EnvFactory) -> None:
+    codec = {"density": 1.0, "bits": 8, "clip_norm": 1.0}
+    env = await make_env(dp={"noise_multiplier": 1.0, "clip_norm": 1.0, "delta": 1e-5}, codec=codec)
+    for _ in range(2):  # two versions: ε grows along the lineage
+        for d in await env.enroll(3):
+            plan = await env.plan(d)
+            status, body = await env.upload(d, plan, frame(_delta(0.1), codec))
+            assert status == 202, body
+        await env.service.wait_idle()
+    await _login(env.client)
+    state = await (await env.client.get("/dashboard/api/state")).json()
+    model = state["models"][0]
+    v2, v3 = model["versions"][1:]
+    assert v2["privacy"]["steps"] == 1 and v3["privacy"]["steps"] == 2
+    assert 0 < v2["privacy"]["epsilon"] < v3["privacy"]["epsilon"]
+    assert model["privacy"]["epsilon"] == v3["privacy"]["epsilon"]  # the training lineage
+    assert state["counters"]["dp_epsilon"]["m"] == pytest.approx(v3["privacy"]["epsilon"])
+    metrics = await (await env.client.get("/metrics")).text()
+    assert f'fedge_dp_epsilon{{model="m"}} {v3["privacy"]["epsilon"]!r}' in metrics
