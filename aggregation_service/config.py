@@ -225,7 +225,12 @@ class DPSettings:
         try:
             dp = DPConfig.from_dict(rest, where)
         except PrivacyConfigError as exc:
-            raise ConfigError(str(exc)) from exc
+            # DPConfig's own checks name keys from "dp."; name them from `where`
+            # ("training.dp.…", a fleet file's "server.dp.…").
+            message = str(exc)
+            if message.startswith("dp.") and not message.startswith(where):
+                message = where + message[2:]
+            raise ConfigError(message) from exc
         if dp.clip_norm is None:
             raise ConfigError(
                 f"{where}.clip_norm: the service needs a clip norm to bound each update "
