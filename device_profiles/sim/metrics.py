@@ -54,6 +54,28 @@ class VersionEvent:
     version: int
     accuracy: float | None
     loss: float | None
+    # Differential privacy, as the service's version row reports it (None
+    # without DP): this step's ε, the cumulative ε, at δ; the clip bound of
+    # devices training from the version (adaptive clipping moves it).
+    step_epsilon: float | None = None
+    epsilon: float | None = None
+    delta: float | None = None
+    clip_norm: float | None = None
+
+
+def privacy_fields(version_json: Any) -> dict[str, float | None]:
+    """The :class:`VersionEvent` DP fields from a version's JSON (its
+    ``privacy`` report, written by the service's privacy hooks): read, never
+    recomputed, so the simulation reports exactly what the service claims."""
+    report = version_json.get("privacy") if isinstance(version_json, dict) else None
+    if not isinstance(report, dict):
+        return {}
+
+    def number(key: str) -> float | None:
+        value = report.get(key)
+        return float(value) if isinstance(value, int | float) else None
+
+    return {k: number(k) for k in ("step_epsilon", "epsilon", "delta", "clip_norm")}
 
 
 @dataclass

@@ -110,7 +110,60 @@ def write_plots(results: Sequence[RunResult], out: Path, target: float) -> list[
     ax.set_title("Contribution per device profile")
     ax.legend()
     save(fig, "contribution.png")
+
+    private = [r for r in results if _dp_versions(r)]
+    if private:  # accuracy against the ε spent so far: the privacy/utility trade-off
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for r in private:
+            pts = [(v.epsilon, v.accuracy) for v in _dp_versions(r) if v.accuracy is not None]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker=".", label=r.mode)
+        ax.set_xlabel("cumulative ε (at the configured δ)")
+        ax.set_ylabel("test accuracy")
+        ax.set_title("Accuracy against the privacy budget spent")
+        ax.legend()
+        save(fig, "privacy.png")
     return paths
+
+
+def _dp_versions(r: RunResult) -> list[Any]:
+    return [v for v in r.recorder.versions if v.epsilon is not None]
+
+
+def _fmt_eps(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
+
+
+def privacy_lines(results: Sequence[RunResult], rows: int = 12) -> list[str]:
+    """summary.md's DP section: ε per published version (this step's and the
+    cumulative one), as the service's version rows report them. Empty when
+    no run had DP."""
+    lines: list[str] = []
+    for r in results:
+        versions = _dp_versions(r)
+        if not versions:
+            continue
+        last = versions[-1]
+        delta = "n/a" if last.delta is None else f"{last.delta:g}"
+        lines += [
+            "", f"## Differential privacy ({r.mode})", "",
+            f"Cumulative **ε = {_fmt_eps(last.epsilon)}** at δ = {delta} after "
+            f"{len(versions)} private versions (the service's accountant, read from each "
+            "version's `privacy` report; every version is in versions.csv).", "",
+            "| version | virtual h | accuracy | step ε | cumulative ε | clip norm |",
+            "|---|---|---|---|---|---|",
+        ]
+        shown = versions if len(versions) <= rows else versions[: rows // 2] + versions[-rows // 2:]
+        for i, v in enumerate(shown):
+            if len(versions) > rows and i == rows // 2:
+                lines.append(f"| … {len(versions) - rows} more | | | | | |")
+            acc = "n/a" if v.accuracy is None else f"{v.accuracy:.3f}"
+            clip = "n/a" if v.clip_norm is None else f"{v.clip_norm:.4g}"
+            lines.append(
+                f"| {v.version} | {v.t_h:.2f} | {acc} | {_fmt_eps(v.step_epsilon)} | "
+                f"{_fmt_eps(v.epsilon)} | {clip} |"
+            )
+    return lines
 
 
 def _fmt_h(value: float | None) -> str:
@@ -162,6 +215,7 @@ def summary_markdown(
             f"| {p} | {rec0.devices_by_profile[p]} | {rec0.accepted_by_profile.get(p, 0)} | "
             f"{rec0.examples_by_profile.get(p, 0)} | {mb_up:.2f} |"
         )
+    lines += privacy_lines(results)
     lines += list(extra)
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     return "\n".join(lines) + "\n"

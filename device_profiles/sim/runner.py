@@ -43,7 +43,13 @@ from device_profiles.sim.driver import (
     loop_jobs,
     quiesce,
 )
-from device_profiles.sim.metrics import Recorder, Sample, UploadEvent, VersionEvent
+from device_profiles.sim.metrics import (
+    Recorder,
+    Sample,
+    UploadEvent,
+    VersionEvent,
+    privacy_fields,
+)
 from device_profiles.sim.report import RunResult
 from device_profiles.sim.state import schedule
 from device_profiles.sim.tflite import Calibration, calibrate
@@ -610,6 +616,7 @@ async def _versions(operator: Operator, model: str, epoch: float, recorder: Reco
             t_h=t_h, version=number,
             accuracy=float(metrics["accuracy"]) if "accuracy" in metrics else None,
             loss=float(metrics["loss"]) if "loss" in metrics else None,
+            **privacy_fields(v),
         ))
 
 
