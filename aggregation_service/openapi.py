@@ -57,6 +57,51 @@ _BLOB = {
 }
 
 
+_NUM = {"type": ["number", "null"]}
+# A version's `privacy` report (aggregation_service.privacy_hooks; docs/privacy.md).
+_PRIVACY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "The DP accountant's report for the step that published this version; "
+    "null for versions published without DP",
+    "properties": {
+        "version": {"type": "integer"},
+        "epsilon": {**_NUM, "description": "cumulative ε at delta (null: ∞, no noise); "
+                    "local mode: the device with the most releases"},
+        "step_epsilon": {**_NUM, "description": "ε of this step alone"},
+        "delta": {"type": "number"},
+        "sampling_probability": {"type": "number"},
+        "noise_multiplier": {"type": "number", "description": "the multiplier charged"},
+        "steps": {"type": "integer"},
+        "participation": {"type": "string", "enum": ["sampled", "full"]},
+        "population": {"type": ["integer", "null"]},
+        "clip_norm": {"type": "number", "description": "the L2 bound devices training "
+                      "from this version clip with (moves with adaptive clipping)"},
+        "noise_clip_norm": {**_NUM, "description": "the bound the step's noise was "
+                            "calibrated to (central mode)"},
+        "clip_norm_before": {"type": "number", "description": "adaptive: the base's bound"},
+        "unclipped_fraction": {"type": "number", "description": "adaptive: the noised "
+                               "fraction of updates that fitted under the bound"},
+        "update_noise_multiplier": {"type": "number", "description": "adaptive: z_Δ on "
+                                    "the update sum"},
+        "device_uploads_max": {"type": "integer", "description": "local mode"},
+        "guarantee": {"type": "string", "description": "local mode: 'local, per device'"},
+    },
+}
+_VERSION_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "model": {"type": "string"},
+        "version": {"type": "integer"},
+        "kind": {"type": "string", "enum": ["pushed", "aggregated"]},
+        "base_version": {"type": ["integer", "null"]},
+        "num_updates": {"type": "integer"},
+        "num_devices": {"type": "integer"},
+        "privacy": {"oneOf": [{"$ref": "#/components/schemas/PrivacyReport"}, {"type": "null"}]},
+    },
+    "additionalProperties": True,
+}
+
+
 def openapi_document() -> dict[str, Any]:
     op, dev = "operatorToken", "deviceToken"
     paths: dict[str, dict[str, Any]] = {
@@ -259,12 +304,14 @@ def openapi_document() -> dict[str, Any]:
         "/v1/devices/updates": {
             "post": _op(
                 "Upload an update frame (headers Idempotency-Key, Fedge-Assignment, Fedge-Model, "
-                "Fedge-Base-Version, Fedge-Examples)",
+                "Fedge-Base-Version, Fedge-Examples; Fedge-Clip-Bit 0|1 when the plan's "
+                "dp.clip_bit is true)",
                 security=dev,
                 body="application/octet-stream",
                 codes={
                     "202": "durable: {status, update_id, duplicate}",
-                    "400": "bad headers",
+                    "400": "bad headers; clip_bit_required (adaptive clipping without "
+                    "Fedge-Clip-Bit)",
                     "404": "unknown model",
                     "409": "stale_update, deadline_passed, unknown_assignment, assignment_used",
                     "413": "too large",
@@ -289,6 +336,8 @@ def openapi_document() -> dict[str, Any]:
                 "dashboardSession": {"type": "apiKey", "in": "cookie", "name": "fedge_session"},
             },
             "schemas": {
+                "Version": _VERSION_SCHEMA,
+                "PrivacyReport": _PRIVACY_SCHEMA,
                 "Error": {
                     "type": "object",
                     "properties": {
