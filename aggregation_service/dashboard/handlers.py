@@ -148,11 +148,10 @@ async def _json_object(request: web.Request, *, optional: bool = False) -> dict[
     return data
 
 
-def _version(data: dict[str, Any], *, required: bool) -> int | None:
+def _version(data: dict[str, Any]) -> int | None:
+    """The body's optional ``version``: an integer ≥ 1, or None when absent."""
     value = data.get("version")
     if value is None:
-        if required:
-            raise bad_request("bad_field", "missing field 'version'")
         return None
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise bad_request("bad_field", f"field 'version' must be an integer ≥ 1, got {value!r}")
@@ -223,15 +222,16 @@ async def state(request: web.Request) -> web.Response:
 
 async def promote(request: web.Request) -> web.Response:
     _require_change(request)
-    version = _version(await _json_object(request), required=True)
-    assert version is not None
+    version = _version(await _json_object(request))
+    if version is None:
+        raise bad_request("bad_field", "missing field 'version'")
     service = request.app[DASHBOARD].service
     return _json(await service.promote(request.match_info["model"], version))
 
 
 async def rollback(request: web.Request) -> web.Response:
     _require_change(request)
-    version = _version(await _json_object(request, optional=True), required=False)
+    version = _version(await _json_object(request, optional=True))
     service = request.app[DASHBOARD].service
     return _json(await service.rollback(request.match_info["model"], version))
 
