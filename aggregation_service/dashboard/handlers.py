@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from aggregation_service.dashboard.sessions import Session, Sessions
-from aggregation_service.dashboard.state import build_state
+from aggregation_service.dashboard.state import build_state, to_json
 from aggregation_service.errors import ApiError, bad_request
 from aggregation_service.service import AggregationService
 
@@ -217,7 +217,10 @@ async def logout(request: web.Request) -> web.Response:
 
 async def state(request: web.Request) -> web.Response:
     _require_session(request)
-    return _json(await build_state(request.app[DASHBOARD].service))
+    document = await build_state(request.app[DASHBOARD].service)
+    return web.Response(
+        text=to_json(document), content_type="application/json", headers=SECURITY_HEADERS
+    )
 
 
 async def promote(request: web.Request) -> web.Response:

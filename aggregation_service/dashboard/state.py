@@ -10,6 +10,7 @@ sweeper's last pass, so a freshly enrolled device shows at once.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -102,21 +103,29 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def to_json(document: Any) -> str:
+    """Strict JSON, which is all a browser's JSON.parse accepts. Nearly every
+    poll has only finite floats: one strict dump then, and the recursive
+    cleanup only when it refuses a NaN or infinity."""
+    try:
+        return json.dumps(document, allow_nan=False)
+    except ValueError:
+        return json.dumps(json_safe(document), allow_nan=False)
+
+
 async def build_state(service: AggregationService) -> dict[str, Any]:
+    """The state document (floats as they are: serialise it with :func:`to_json`)."""
     models = await service.list_models()
     by_state = await service.store.run(service.store.devices_by_state)
     by_profile = await service.store.run(devices_by_profile, service.store)
-    result: dict[str, Any] = json_safe(
-        {
-            "time": service.clock.time(),
-            "health": service.health(),
-            "models": models,
-            "counters": counters(service.metrics.snapshot()),
-            "devices": {
-                "total": sum(by_state.values()),
-                "by_state": by_state,
-                "by_profile": by_profile,
-            },
-        }
-    )
-    return result
+    return {
+        "time": service.clock.time(),
+        "health": service.health(),
+        "models": models,
+        "counters": counters(service.metrics.snapshot()),
+        "devices": {
+            "total": sum(by_state.values()),
+            "by_state": by_state,
+            "by_profile": by_profile,
+        },
+    }

@@ -341,3 +341,25 @@ async def test_state_carries_privacy_spend_per_version_with_dp_on(make_env: EnvF
     assert state["counters"]["dp_epsilon"]["m"] == pytest.approx(v3["privacy"]["epsilon"])
     metrics = await (await env.client.get("/metrics")).text()
     assert f'fedge_dp_epsilon{{model="m"}} {v3["privacy"]["epsilon"]!r}' in metrics
+
+
+async def test_infinite_epsilon_is_null_in_strict_json(make_env: EnvFactory) -> None:
+    import json
+
+    codec = {"density": 1.0, "bits": 8, "clip_norm": 1.0}
+    env = await make_env(dp={"noise_multiplier": 0.0, "clip_norm": 1.0, "delta": 1e-5}, codec=codec)
+    for d in await env.enroll(3):
+        plan = await env.plan(d)
+        status, body = await env.upload(d, plan, frame(_delta(0.1), codec))
+        assert status == 202, body
+    await env.service.wait_idle()
+    assert 'fedge_dp_epsilon{model="m"} +Inf' in await (await env.client.get("/metrics")).text()
+    await _login(env.client)
+    text = await (await env.client.get("/dashboard/api/state")).text()
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} in the state document")
+
+    state = json.loads(text, parse_constant=refuse)  # what a browser's JSON.parse accepts
+    assert state["counters"]["dp_epsilon"] == {"m": None}
+    assert state["models"][0]["versions"][1]["privacy"]["epsilon"] is None
