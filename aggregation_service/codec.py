@@ -7,7 +7,7 @@ Keeping every call in one module means the service speaks one vocabulary
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -19,6 +19,7 @@ from quantization import CodecError
 __all__ = [
     "CodecError",
     "accumulate",
+    "accumulate_many",
     "apply_delta",
     "decode_weights",
     "encode_delta",
@@ -74,3 +75,21 @@ def accumulate(
     return quantization.decode_into(
         payload, dict(accumulator), weight, expected=expected, max_norm=max_norm
     )
+
+
+def accumulate_many(
+    payloads: Sequence[bytes],
+    accumulator: Mapping[str, np.ndarray],
+    weights: Sequence[float],
+    expected: Mapping[str, tuple[int, ...]],
+    *,
+    max_norm: float | None,
+    limit: int,
+) -> list[str | None]:
+    """``accumulate`` for each frame in order — bit for bit the same sums —
+    decoded together; stops once ``limit`` were added. One entry per processed
+    frame: None (added) or the codec's error message (that frame changed nothing)."""
+    outcomes = quantization.decode_many_into(
+        payloads, dict(accumulator), weights, expected=expected, max_norm=max_norm, limit=limit
+    )
+    return [None if error is None else str(error) for error in outcomes]

@@ -284,19 +284,28 @@ def _decode_batch(
     """Sum frames into ``sums`` in order until ``capacity`` succeeded; each
     item carries its own L2 bound (None: none). Returns one entry per
     processed item: None (summed) or the codec's error message. Runs on the
-    decode thread."""
+    decode thread.
+
+    Consecutive items with the same tensor table and bound are decoded
+    together (``codec.accumulate_many``): the same additions in the same
+    order as one ``accumulate`` per item, which is what replay does."""
     outcomes: list[str | None] = []
-    accepted = 0
-    for body, weight, expected, max_norm in items:
-        if accepted >= capacity:
-            break
-        try:
-            codec.accumulate(body, sums, weight, expected, max_norm)
-        except codec.CodecError as exc:
-            outcomes.append(str(exc))
-            continue
-        outcomes.append(None)
-        accepted += 1
+    start = 0
+    while start < len(items) and outcomes.count(None) < capacity:
+        _, _, expected, max_norm = items[start]
+        end = start + 1
+        while end < len(items) and items[end][2] == expected and items[end][3] == max_norm:
+            end += 1
+        run = items[start:end]
+        outcomes += codec.accumulate_many(
+            [body for body, _, _, _ in run],
+            sums,
+            [weight for _, weight, _, _ in run],
+            expected,
+            max_norm=max_norm,
+            limit=capacity - outcomes.count(None),
+        )
+        start = end
     return outcomes
 
 

@@ -9,7 +9,8 @@ The pipeline (every stage optional, configured by one :class:`CodecSpec`)::
            └──────────────▶ index coding (dense | varint | bitmap | Rice) ─▶ zstd ─▶ frame
 
 The API: :func:`encode`, :func:`decode`, :func:`decode_into` (scatter-add
-into a caller's accumulator, all-or-nothing), :func:`inspect`; downlink
+into a caller's accumulator, all-or-nothing), :func:`decode_many_into` (the
+same for a batch of frames, bit for bit), :func:`inspect`; downlink
 :func:`encode_weights` / :func:`decode_weights` and
 :func:`encode_model_delta` / :func:`apply_model_delta` (exact XOR delta by
 default), and :func:`weights_digest` (a hash of weights, not of frame
@@ -36,6 +37,7 @@ from quantization.api import (
     encode,
     inspect,
 )
+from quantization.batch import decode_many_into
 from quantization.delta import (
     apply_model_delta,
     decode_weights,
@@ -59,6 +61,7 @@ __all__ = [
     "apply_model_delta",
     "decode",
     "decode_into",
+    "decode_many_into",
     "decode_weights",
     "encode",
     "encode_model_delta",
