@@ -303,7 +303,11 @@ async def test_logout_ends_the_session_and_clears_the_cookie(make_env: EnvFactor
 async def test_static_files(make_env: EnvFactory) -> None:
     env = await make_env(register=False)
     c = env.client
-    for name, kind in (("dashboard.js", "text/javascript"), ("dashboard.css", "text/css")):
+    for name, kind in (
+        ("dashboard.js", "text/javascript"),
+        ("dashboard.css", "text/css"),
+        ("favicon.svg", "image/svg+xml"),
+    ):
         r = await c.get(f"/dashboard/static/{name}")
         assert r.status == 200 and r.content_type == kind
         assert r.headers["X-Content-Type-Options"] == "nosniff"

@@ -169,7 +169,7 @@
       ["buffer", num(fill) + " / " + num(model.buffer.size) + (model.buffer.sealed ? " (+" + model.buffer.sealed + " publishing)" : ""), "fact-buffer"],
       ["open assignments", num(model.outstanding_assignments)],
       ["updates folded in", num(model.num_updates)],
-      ["devices contributed", num(model.num_devices)],
+      ["devices reported (≤ 30 s behind)", num(model.num_devices)],
       ["rounds abandoned", num(model.rounds_abandoned)],
     ]);
 
