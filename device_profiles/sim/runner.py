@@ -79,6 +79,9 @@ class SimOptions:
     ray_address: str | None = None  # or on a Ray cluster
     ray_workers: int = 2
     model_dir: Path | None = None  # reuse an export instead of exporting
+    # Secure aggregation: this many devices lose their link right after each
+    # masked input (they never answer the unmask step), every round.
+    secagg_dropouts: int = 0
 
 
 @dataclass
@@ -316,15 +319,19 @@ class RecordingLink(SimulatedLink):
     """A simulated link that also tells the recorder what crossed it."""
 
     def __init__(self, inner: Transport, device: SimDevice, clock: ManualClock,
-                 recorder: Recorder, dense_bytes: int) -> None:
+                 recorder: Recorder, dense_bytes: int, *, cut_after_input: bool = False) -> None:
         super().__init__(inner, device, clock)
         self.recorder = recorder
         self.dense_bytes = dense_bytes
+        self.cut_after_input = cut_after_input
 
     async def request(self, method: str, path: str, *, headers: Mapping[str, str] | None = None,
                       body: bytes | None = None) -> Response:
         rec = self.recorder
         profile = self.device.profile.name
+        secagg = path.startswith("/v1/devices/secagg/")
+        if secagg and self.cut_after_input and path.endswith("/unmask"):
+            raise TransportError(f"{method} {path}: simulated dropout after the masked input")
         up = len(body or b"")
         try:
             response = await super().request(method, path, headers=headers, body=body)
@@ -374,6 +381,21 @@ class RecordingLink(SimulatedLink):
                     staleness=max(0, observed - base), status=status, payload_bytes=up,
                     dense_bytes=self.dense_bytes, examples=examples,
                 ))
+        elif secagg and method == "POST" and path.endswith("/masked-input"):
+            # A masked input stands for an upload (accepted: counted like a 202).
+            observed = int(rec.extra.get("observed_version", 0))
+            status = 202 if response.status == 200 else response.status
+            if status == 202:
+                rec.accepted += 1
+                rec.accepted_by_profile[profile] += 1
+            elif 400 <= status < 500 and status != 429:
+                rec.rejected += 1
+                rec.rejected_by_status[status] += 1
+            rec.uploads.append(UploadEvent(
+                t_h=self.clock.monotonic() / 3600.0, device=self.device.device_id,
+                profile=profile, base_version=observed, version_at_ack=observed, staleness=0,
+                status=status, payload_bytes=up, dense_bytes=self.dense_bytes, examples=0,
+            ))
         return response
 
 
@@ -472,7 +494,8 @@ async def _run_mode(prep: Prepared, mode: str, options: SimOptions,
             "policy": policy_section,
             "seed": device.seed % (2**31),
         })
-        link = RecordingLink(transport, device, clock, recorder, dense)
+        link = RecordingLink(transport, device, clock, recorder, dense,
+                             cut_after_input=len(agents) < options.secagg_dropouts)
         trainer = SimTrainer(
             device, prep.dataset.x_train[idx], prep.dataset.y_train[idx], clock=clock,
             cache=cache, calibration_step_s=prep.calibration.step_s,
