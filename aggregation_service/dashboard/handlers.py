@@ -190,6 +190,10 @@ async def login(request: web.Request) -> web.Response:
         dash.service.metrics.dashboard_logins.inc("wrong_token")
         return _page(dash, "login", status=401, error="Wrong operator token.")
     dash.service.metrics.dashboard_logins.inc("ok")
+    # A fresh id at every login (no session fixation); the one it replaces ends now.
+    previous = request.cookies.get(COOKIE)
+    if previous:
+        dash.sessions.drop(previous)
     session_id, _ = dash.sessions.create()
     response = web.Response(status=303, headers={**SECURITY_HEADERS, "Location": "/"})
     response.set_cookie(

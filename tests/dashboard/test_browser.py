@@ -209,6 +209,13 @@ def test_dashboard_in_a_real_browser(server: ServerProcess, exported_mlp: Path) 
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            # Uncaught script errors and Content-Security-Policy violations fail the test.
+            problems: list[str] = []
+            page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+            page.on(
+                "console",
+                lambda m: problems.append(m.text) if "Content Security Policy" in m.text else None,
+            )
             page.goto(server.url + "/")
 
             # A wrong token: 401, the form again with the error, and no cookie.
@@ -294,6 +301,7 @@ def test_dashboard_in_a_real_browser(server: ServerProcess, exported_mlp: Path) 
             assert [c for c in page.context.cookies() if c["name"] == "fedge_session"] == []
             assert page.request.get(server.url + "/dashboard/api/state").status == 401
             shot(page, "logged-out")
+            assert problems == []
         finally:
             browser.close()
             api.dispose()

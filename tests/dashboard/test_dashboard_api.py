@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import aiohttp
 import numpy as np
 import pytest
 from aiohttp.test_utils import TestClient
@@ -71,9 +72,22 @@ async def test_login_page_wrong_token_and_cookie_flags(make_env: EnvFactory) -> 
     assert {"HttpOnly", "SameSite=Strict", "Path=/"} <= set(flags)
     assert "Secure" not in flags  # plain HTTP here; test_browser checks Secure over TLS
 
+    # Logging in again issues a new id and ends the old session.
+    r = await c.post("/login", data={"token": OPERATOR}, allow_redirects=False)
+    renewed = r.headers["Set-Cookie"].split(";")[0].split("=", 1)[1]
+    assert renewed != value
+    assert (await c.get("/dashboard/api/state")).status == 200
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as bare:
+        headers = {"Cookie": f"fedge_session={value}"}
+        async with bare.get(c.make_url("/dashboard/api/state"), headers=headers) as old:
+            assert old.status == 401
+        headers = {"Cookie": f"fedge_session={renewed}"}
+        async with bare.get(c.make_url("/dashboard/api/state"), headers=headers) as new:
+            assert new.status == 200
+
     metrics = await (await c.get("/metrics")).text()
     assert 'fedge_dashboard_logins_total{result="wrong_token"} 1' in metrics
-    assert 'fedge_dashboard_logins_total{result="ok"} 1' in metrics
+    assert 'fedge_dashboard_logins_total{result="ok"} 2' in metrics
     page = await (await c.get("/")).text()
     assert 'name="fedge-csrf"' in page and "/dashboard/static/dashboard.js" in page
 
