@@ -7,7 +7,8 @@ Modes:
 - ``cycle``: every update is check-in + upload (steady state, for memory).
 
 Bounded in count (``--count``) and time (``--max-seconds``); loopback only.
-Prints one JSON object with the results.
+Prints ``{"phase": "timed"}`` when the timed phase starts, then one JSON
+object with the results (including its own CPU per request).
 """
 
 from __future__ import annotations
@@ -119,9 +120,13 @@ async def main() -> None:
                     plan = await checkin(token)
                 await upload(token, plan)
 
+        # Tell the bench the timed phase starts (it samples the server's CPU).
+        print(json.dumps({"phase": "timed"}), flush=True)
         started = time.perf_counter()
+        cpu_started = time.process_time()
         await asyncio.gather(*(worker() for _ in range(args.concurrency)))
         seconds = time.perf_counter() - started
+        cpu_seconds = time.process_time() - cpu_started
     lat = np.array(latencies) if latencies else np.zeros(1)
     print(
         json.dumps(
@@ -130,6 +135,8 @@ async def main() -> None:
                 "accepted": statuses.get(202, 0),
                 "statuses": statuses,
                 "seconds": seconds,
+                # The client's own CPU: it shares the machine with the server.
+                "client_cpu_ms_per_request": cpu_seconds / max(1, len(latencies)) * 1e3,
                 "per_second": statuses.get(202, 0) / seconds,
                 "p50_ms": float(np.percentile(lat, 50) * 1e3),
                 "p99_ms": float(np.percentile(lat, 99) * 1e3),
