@@ -4,6 +4,7 @@
 // CSRF token (from the page's <meta>) after a confirmation dialog.
 (function () {
   const POLL_MS = 2000;
+  const HIDDEN_POLL_MS = 30000; // a background tab keeps its session alive and little else
   const csrf = document.querySelector('meta[name="fedge-csrf"]').content;
   const $ = (id) => document.getElementById(id);
   let selected = null;
@@ -106,7 +107,7 @@
       h.textContent = "unreachable";
       h.className = "pill bad";
     }
-    timer = setTimeout(poll, POLL_MS);
+    timer = setTimeout(poll, document.hidden ? HIDDEN_POLL_MS : POLL_MS);
   }
 
   function confirmWith(message) {
@@ -296,6 +297,9 @@
   $("logout").addEventListener("click", async () => {
     try { await call("POST", "/logout"); } catch (e) { /* already logged out */ }
     window.location.assign("/");
+  });
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden) poll(); // back in view: fresh numbers at once
   });
   poll();
 })();
