@@ -102,7 +102,11 @@ def _check_origin(request: web.Request) -> None:
     origin = request.headers.get("Origin")
     if origin is None:
         return  # not a browser, or a same-origin GET-style request: the CSRF token decides
-    if urllib.parse.urlsplit(origin).netloc != request.host:
+    try:
+        netloc = urllib.parse.urlsplit(origin).netloc
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        netloc = None
+    if netloc != request.host:
         raise ApiError(403, "bad_origin", f"cross-origin request from {origin!r} refused")
 
 
