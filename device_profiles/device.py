@@ -9,6 +9,7 @@ deterministic for a seed no matter how events interleave.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -23,6 +24,9 @@ DRAIN_PCT_PER_HOUR = 4.0
 # How long a network attachment (home Wi-Fi vs cellular) lasts before it is
 # re-drawn from metered_share: an engineering estimate.
 NETWORK_SLOT_S = 2 * 3600.0
+# A change is reported at its boundary; whether the state really differs
+# there is judged this far past it (float rounding at the boundary itself).
+_PAST_EDGE_S = 1e-3
 
 
 def _mix(x: int) -> int:
@@ -33,8 +37,12 @@ def _mix(x: int) -> int:
     return x ^ (x >> 31)
 
 
+@functools.lru_cache(maxsize=1 << 20)
 def hash_uniform(seed: int, stream: int, index: int) -> float:
-    """A uniform [0, 1) number determined by (seed, stream, index)."""
+    """A uniform [0, 1) number determined by (seed, stream, index). Memoised:
+    a device's state is asked about the same slots many times (its agent,
+    the change hints, the eligible count), and three rounds of 64-bit
+    arithmetic in Python cost more than a dict lookup."""
     h = _mix(_mix(_mix(seed & _MASK) ^ stream) ^ (index & _MASK))
     return (h >> 11) / float(1 << 53)
 
@@ -159,6 +167,65 @@ class SimDevice:
             metered=self.is_metered(utc_s),
             local_hour=local % 24.0,
         )
+
+    # -- when the state changes next -------------------------------------------------
+    # Each returns the UTC second of the slot or window boundary at which the
+    # state may first differ from the one at ``utc_s`` (math.inf: never). The
+    # simulated agents sleep until then instead of polling; each is exact or
+    # early, never late, so no eligible moment is missed.
+
+    def next_idle_change(self, utc_s: float, horizon_s: float = 2 * 86400.0) -> float:
+        """When ``is_idle`` next flips (``utc_s + horizon_s`` if not within it).
+        Idleness is drawn per slot with the probability of the local hour, so
+        it can flip only at slot and hour boundaries."""
+        current = self.is_idle(utc_s)
+        slot_s = self.profile.slot_minutes * 60.0
+        offset = self.timezone_h * 3600.0
+        t = utc_s + offset  # local seconds
+        end = t + horizon_s
+        while t < end:
+            t = min((math.floor(t / slot_s) + 1) * slot_s, (math.floor(t / 3600.0) + 1) * 3600.0)
+            at = t - offset
+            if self.is_idle(at + _PAST_EDGE_S) != current:
+                return at
+        return end - offset
+
+    def next_metered_change(self, utc_s: float, horizon_s: float = 2 * 86400.0) -> float:
+        """When ``is_metered`` next flips: at a network-slot boundary."""
+        if not 0.0 < self.profile.metered_share < 1.0:
+            return math.inf
+        current = self.is_metered(utc_s)
+        t, end = utc_s, utc_s + horizon_s
+        while t < end:
+            t = (math.floor(t / NETWORK_SLOT_S) + 1) * NETWORK_SLOT_S
+            if self.is_metered(t + _PAST_EDGE_S) != current:
+                return t
+        return end
+
+    def next_power_change(self, utc_s: float) -> float:
+        """The next start or end of a charging window (the battery level's
+        trend changes there too). Mains power never changes."""
+        if self.profile.power.source is PowerSource.MAINS:
+            return math.inf
+        local = self.local_hours(utc_s)
+        # `snapshot` looks at the windows of today and yesterday, so local
+        # midnight is an edge too (tomorrow's window may start before it).
+        edges = [(math.floor(local / 24.0) + 1) * 24.0]
+        edges += [edge for window in self._charge_windows(local) for edge in window
+                  if edge > local]
+        return (min(edges) - self.timezone_h) * 3600.0
+
+    def next_battery_change(self, utc_s: float) -> float:
+        """When the reported battery level (whole percent, as a phone reports
+        it) next changes: the next drop of one percent while discharging, or
+        the next charging edge."""
+        power = self.next_power_change(utc_s)
+        snap = self.snapshot(utc_s)
+        if math.isinf(power) or snap.charging or snap.battery_pct <= 5.0:
+            return power
+        level = math.floor(snap.battery_pct)
+        drop = snap.battery_pct - (level - 1 if level == snap.battery_pct else level)
+        return min(power, utc_s + drop / DRAIN_PCT_PER_HOUR * 3600.0)
 
     # -- costs in virtual time ------------------------------------------------------
 

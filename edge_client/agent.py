@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import uuid
 from collections.abc import Callable, Mapping
@@ -66,6 +67,9 @@ NOTHING_TRAINED = "nothing_trained"  # the deadline or the data allowed no examp
 
 UPLOAD_TRIES_PER_CYCLE = 3
 MAX_RESULTS = 20
+# The shortest sleep on a provider's change hint: a hint at (or, by float
+# rounding, just before) the current instant must not spin the agent.
+MIN_WAKE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -213,6 +217,17 @@ class Agent:
     def _backoff_wait(self, floor: float = 0.0) -> float:
         return self.backoff.next_wait(floor)
 
+    def _ineligible_wait(self, eligibility: Eligibility) -> float:
+        """How long an ineligible agent sleeps: until its state can change, if
+        the provider can tell (a phone is woken by the power-connected
+        broadcast, not by a timer), else the jittered re-check interval."""
+        until = self.policy.next_change(eligibility, self.provider)
+        if until is None:
+            return self._recheck_wait()
+        if math.isinf(until):  # never, as far as the provider knows: look again rarely
+            return max(self.config.policy.report_interval_s, self._recheck_wait())
+        return max(MIN_WAKE_S, until - self.clock.monotonic())
+
     def _recheck_wait(self) -> float:
         """The policy's re-check interval, jittered so a fleet that booted (or
         lost power) together does not re-check in lockstep."""
@@ -250,13 +265,17 @@ class Agent:
                         self._next_checkin_at = now + answer.retry_after
                 if self.lifecycle.state is not S.WAITING_FOR_ELIGIBILITY:
                     self._to(S.WAITING_FOR_ELIGIBILITY, "not eligible")
-            return self._result(INELIGIBLE, self._recheck_wait(), reasons=eligibility.reasons)
+            return self._result(
+                INELIGIBLE, self._ineligible_wait(eligibility), reasons=eligibility.reasons
+            )
 
         if now < self._next_checkin_at:
-            return self._result(
-                PACED, min(self._next_checkin_at - now, policy.recheck_interval_s),
-                detail="waiting for the server's retry_after",
-            )
+            wait = self._next_checkin_at - now
+            if self.policy.next_change(eligibility, self.provider) is None:
+                # Poll eligibility meanwhile; a provider that announces its
+                # changes lets the agent sleep until the server's time.
+                wait = min(wait, policy.recheck_interval_s)
+            return self._result(PACED, wait, detail="waiting for the server's retry_after")
 
         # Check in.
         self._to(S.CHECKING_IN, "eligible")
@@ -447,21 +466,29 @@ class Agent:
         examples = batches = 0
         losses: list[float] = []
         session = None
+        # Re-read the state before every batch, unless the provider said it
+        # cannot change before `holds_until`.
+        holds_until = -math.inf
         try:
             session = await self.trainer.start(job)
             self.runtime = session.runtime
             while True:
-                eligibility = await self.check_eligibility()
-                if not eligibility.eligible:
-                    # Stop now; nothing of this attempt is uploaded (the update
-                    # would be from a device that was not allowed to train).
-                    await session.abort()
-                    self._to(S.WAITING_FOR_ELIGIBILITY, f"lapsed: {','.join(eligibility.reasons)}")
-                    return self._result(
-                        LAPSED, self._recheck_wait(),
-                        reasons=eligibility.reasons, version=plan.version, examples=examples,
-                        batches=batches, detail="eligibility lapsed during training",
-                    )
+                if self.clock.monotonic() >= holds_until:
+                    eligibility = await self.check_eligibility()
+                    if not eligibility.eligible:
+                        # Stop now; nothing of this attempt is uploaded (the update
+                        # would be from a device that was not allowed to train).
+                        await session.abort()
+                        self._to(S.WAITING_FOR_ELIGIBILITY,
+                                 f"lapsed: {','.join(eligibility.reasons)}")
+                        return self._result(
+                            LAPSED, self._ineligible_wait(eligibility),
+                            reasons=eligibility.reasons, version=plan.version,
+                            examples=examples, batches=batches,
+                            detail="eligibility lapsed during training",
+                        )
+                    until = self.policy.next_change(eligibility, self.provider)
+                    holds_until = -math.inf if until is None else until
                 if self.clock.monotonic() >= deadline:
                     log.info("deadline reached after %d examples; stopping early", examples)
                     break
@@ -592,37 +619,40 @@ class Agent:
     async def run_forever(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
         await self.start()
-        while not stop.is_set():
-            # The cycle runs as a task so a stop request (SIGTERM) cancels it at
-            # once, even mid-training; every state file is atomic, so a
-            # cancelled cycle leaves nothing half-written.
-            cycle = asyncio.ensure_future(self.run_cycle())
-            stopper = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({cycle, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        # One waiter on `stop` for the agent's whole life, not one per cycle: a
+        # simulator runs thousands of agents on one event, and every cancelled
+        # waiter is an O(waiters) removal from the event's queue.
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            while not stopper.done():
+                # The cycle runs as a task so a stop request (SIGTERM) cancels it at
+                # once, even mid-training; every state file is atomic, so a
+                # cancelled cycle leaves nothing half-written.
+                cycle = asyncio.ensure_future(self.run_cycle())
+                await asyncio.wait({cycle, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                if not cycle.done():
+                    cycle.cancel()
+                    await asyncio.gather(cycle, return_exceptions=True)
+                    break
+                try:
+                    wait = cycle.result().wait_s
+                except Exception as exc:  # never a crash loop: log, back off, carry on
+                    log.error("unexpected error in the agent cycle: %r", exc, exc_info=exc)
+                    if self.lifecycle.state not in (S.BACKING_OFF, S.STOPPED):
+                        self._to(S.BACKING_OFF, f"unexpected {type(exc).__name__}")
+                    wait = self._backoff_wait()
+                await self._sleep_or_stop(wait, stopper)
+        finally:
             stopper.cancel()
-            if not cycle.done():
-                cycle.cancel()
-                await asyncio.gather(cycle, return_exceptions=True)
-                break
-            try:
-                wait = cycle.result().wait_s
-            except Exception as exc:  # never a crash loop: log, back off, carry on
-                log.error("unexpected error in the agent cycle: %r", exc, exc_info=exc)
-                if self.lifecycle.state not in (S.BACKING_OFF, S.STOPPED):
-                    self._to(S.BACKING_OFF, f"unexpected {type(exc).__name__}")
-                wait = self._backoff_wait()
-            await self._sleep_or_stop(wait, stop)
         self._to(S.STOPPED, "shutdown")
 
-    async def _sleep_or_stop(self, seconds: float, stop: asyncio.Event) -> None:
+    async def _sleep_or_stop(self, seconds: float, stopper: asyncio.Future[Any]) -> None:
         sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
-        stopper = asyncio.ensure_future(stop.wait())
         try:
             await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (sleeper, stopper):
-                task.cancel()
-            await asyncio.gather(sleeper, stopper, return_exceptions=True)
+            sleeper.cancel()
+            await asyncio.gather(sleeper, return_exceptions=True)
 
     async def close(self) -> None:
         if self.lifecycle.state is not S.STOPPED:

@@ -10,8 +10,10 @@ real ``edge_client.Agent`` per device until the virtual duration ends.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import json
 import logging
+import math
 import os
 import random
 import secrets
@@ -51,7 +53,7 @@ from device_profiles.sim.metrics import (
     privacy_fields,
 )
 from device_profiles.sim.report import RunResult
-from device_profiles.sim.state import schedule
+from device_profiles.sim.state import changes, schedule
 from device_profiles.sim.tflite import Calibration, calibrate
 from device_profiles.sim.trainer import InterpreterCache, SimTrainer
 from device_profiles.sim.transport import InProcessTransport, SimulatedLink
@@ -503,7 +505,8 @@ async def _run_mode(prep: Prepared, mode: str, options: SimOptions,
         )
         agent = Agent(
             agent_config, clock=clock, transport=link,
-            provider=SimulatedStateProvider(schedule(device, offset), clock),
+            provider=SimulatedStateProvider(schedule(device, offset), clock,
+                                            changes(device, offset)),
             trainer=trainer, state=StateDir(state_dir, writer),
             identity=Identity(device_id, device_token, agent_config.server, clock.time()),
             # Nobody reads thousands of status files: keep each snapshot's
@@ -583,15 +586,58 @@ class _CountingTransport:
         await self.inner.close()
 
 
+class _ClockAt:
+    """A clock that reads whatever instant the eligibility counter sets."""
+
+    def __init__(self, epoch: float) -> None:
+        self.epoch = epoch
+        self.now = 0.0
+
+    def time(self) -> float:
+        return self.epoch + self.now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:  # pragma: no cover - never awaited
+        raise RuntimeError("the eligibility counter's clock does not sleep")
+
+
 def _eligibility_counter(fleet: FleetSpec, devices: Sequence[SimDevice], offset: float
                          ) -> Callable[[float], int]:
-    from edge_client.eligibility.policy import Policy  # noqa: PLC0415
+    """``now -> how many devices' own policy would let them train now``.
 
-    policy = Policy(policy_config(fleet), ManualClock())
-    states = [schedule(d, offset) for d in devices]
+    Each device's verdict is kept with the time until which it provably holds
+    (the policy's ``next_change`` over the profile's state timeline), in a
+    heap: a sample re-evaluates only the devices whose verdict may have
+    changed since the last one, instead of all of them (at 10,000 devices the
+    full count cost ≈ 1 s per sample)."""
+    from edge_client.eligibility.policy import Policy  # noqa: PLC0415
+    from edge_client.eligibility.state import SimulatedStateProvider  # noqa: PLC0415
+
+    clock = _ClockAt(offset)
+    policy = Policy(policy_config(fleet), clock)
+    providers = [SimulatedStateProvider(schedule(d, offset), clock, changes(d, offset))
+                 for d in devices]
+    eligible = [False] * len(devices)
+    due: list[tuple[float, int]] = [(-math.inf, i) for i in range(len(devices))]
+    total = 0
 
     def count(now: float) -> int:
-        return sum(1 for s in states if policy.evaluate(s(now)).eligible)
+        nonlocal total
+        clock.now = now
+        stale = []
+        while due and due[0][0] <= now:
+            stale.append(heapq.heappop(due)[1])
+        for i in stale:
+            provider = providers[i]
+            verdict = policy.evaluate(provider.schedule(now))
+            total += int(verdict.eligible) - int(eligible[i])
+            eligible[i] = verdict.eligible
+            until = policy.next_change(verdict, provider)
+            # Unknown (or no later than now): look again at the next sample.
+            heapq.heappush(due, (now if until is None else max(until, now), i))
+        return total
 
     return count
 

@@ -47,12 +47,42 @@ def schedule(device: SimDevice, epoch_offset_s: float) -> Callable[[float], Devi
         return DeviceState(
             on_power=snap.on_power,
             charging=snap.charging if device.battery_mah is not None else None,
-            battery_pct=snap.battery_pct if device.battery_mah is not None else None,
+            # Whole percent, as phones report it (and broadcast each change).
+            battery_pct=(float(math.floor(snap.battery_pct)) if device.battery_mah is not None
+                         else None),
             cpu_load=IDLE_CPU_LOAD if snap.idle else BUSY_CPU_LOAD,
             idle_seconds=idle_seconds(device, utc),
             temperature_c=TEMPERATURE_C,
             metered=snap.metered,
+            utc_offset_h=device.timezone_h,  # allowed_hours are the device's local hours
             sources=("simulated",),
         )
 
     return state
+
+
+_POWER_FIELDS = frozenset({"on_power", "charging"})
+_IDLE_FIELDS = frozenset({"cpu_load", "idle_seconds"})
+
+
+def changes(device: SimDevice, epoch_offset_s: float) -> Callable[[float, frozenset[str]], float]:
+    """``(monotonic now, fields) -> monotonic time`` at which any of the fields
+    of ``schedule``'s state may next change (math.inf: never): what
+    :class:`SimulatedStateProvider` answers the agent's policy with, so an
+    ineligible simulated device sleeps until its state changes (as a phone
+    is woken by the power-connected broadcast) instead of polling.
+    Temperature and time zone are constant."""
+    def next_change(now: float, fields: frozenset[str]) -> float:
+        utc = epoch_offset_s + now
+        at = math.inf
+        if fields & _POWER_FIELDS:
+            at = min(at, device.next_power_change(utc))
+        if "battery_pct" in fields:
+            at = min(at, device.next_battery_change(utc))
+        if fields & _IDLE_FIELDS:
+            at = min(at, device.next_idle_change(utc))
+        if "metered" in fields:
+            at = min(at, device.next_metered_change(utc))
+        return at - epoch_offset_s
+
+    return next_change

@@ -12,7 +12,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from edge_client.eligibility.state import DeviceState
+from edge_client.eligibility.state import DeviceState, PollingProvider
 from edge_client.errors import EligibilityError
 
 
@@ -39,7 +39,7 @@ async def run_json_command(argv: Sequence[str], timeout_s: float, source: str) -
         raise EligibilityError(f"{source}: {argv[0]!r} did not print JSON ({exc})") from exc
 
 
-class TermuxBatteryProvider:
+class TermuxBatteryProvider(PollingProvider):
     """``termux-battery-status`` (Termux:API) on Android: plugged, status, percentage,
     temperature."""
 
@@ -72,7 +72,7 @@ class TermuxBatteryProvider:
         )
 
 
-class CommandProvider:
+class CommandProvider(PollingProvider):
     """A user command that prints a JSON object with any of DeviceState's fields
     (``{"on_power": true, "battery_pct": 80, "metered": false}``)."""
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge_client.eligibility.state import DeviceState
+from edge_client.eligibility.state import DeviceState, PollingProvider
 
 
 def _read(path: Path) -> str | None:
@@ -19,7 +19,7 @@ def _read(path: Path) -> str | None:
         return None
 
 
-class SysfsPowerProvider:
+class SysfsPowerProvider(PollingProvider):
     """``/sys/class/power_supply/*``: mains/USB ``online``, battery ``status`` and
     ``capacity``. A board with no battery (a Raspberry Pi on its power supply)
     counts as powered: if it is running, it has power."""
@@ -62,7 +62,7 @@ class SysfsPowerProvider:
         )
 
 
-class ProcLoadProvider:
+class ProcLoadProvider(PollingProvider):
     """CPU busy fraction from ``/proc/stat`` deltas between reads; the first read
     (no previous sample) uses the 1-minute ``/proc/loadavg`` per CPU instead."""
 
@@ -111,7 +111,7 @@ class ProcLoadProvider:
         return DeviceState(cpu_load=load, sources=(self.name,))
 
 
-class ThermalProvider:
+class ThermalProvider(PollingProvider):
     """The hottest ``/sys/class/thermal/thermal_zone*/temp`` (millidegrees C)."""
 
     name = "thermal"
@@ -133,7 +133,7 @@ class ThermalProvider:
         return DeviceState(temperature_c=max(temps) if temps else None, sources=(self.name,))
 
 
-class NetworkProvider:
+class NetworkProvider(PollingProvider):
     """Metered or not, per interface, as configured (``metered_interfaces``:
     ``wwan0``, ``usb0``, …). The interface carrying the default route decides;
     without one, any listed interface that is up counts as metered."""

@@ -11,6 +11,7 @@ phone composes Termux battery + the same /proc readers.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -30,6 +31,10 @@ class DeviceState:
     idle_seconds: float | None = None  # how long the device has been idle, if the source knows
     temperature_c: float | None = None  # hottest thermal zone
     metered: bool | None = None  # on a metered network (cellular, hotspot)
+    # The device's UTC offset in hours, for the policy's allowed_hours. None:
+    # the host's own time zone (an agent runs on the device it describes; a
+    # simulator runs thousands of devices in other zones on one host).
+    utc_offset_h: float | None = None
     sources: tuple[str, ...] = ()
 
     def merged(self, other: DeviceState) -> DeviceState:
@@ -76,6 +81,29 @@ class StateProvider(Protocol):
 
     async def read(self) -> DeviceState: ...
 
+    def next_change(self, fields: frozenset[str]) -> float | None:
+        """The earliest monotonic time at which any of the named DeviceState
+        fields may differ from what :meth:`read` returned now, ``math.inf``
+        if they never will, or None if the provider cannot tell. A field that
+        grows with time (``idle_seconds`` while idle) changes when its trend
+        does (the device turns busy), not every second.
+
+        A provider that knows (a phone woken by the power-connected broadcast,
+        a simulated device whose state is a function of time) lets an
+        ineligible agent sleep until then instead of re-checking every
+        ``recheck_interval_s``. Providers that read sysfs, /proc or a command
+        return None: the agent keeps polling them."""
+        ...
+
+
+class PollingProvider:
+    """Base of the providers that read the device as it is now (sysfs, /proc,
+    a command): they cannot say when the state will change, so the agent
+    re-checks them every ``recheck_interval_s``."""
+
+    def next_change(self, fields: frozenset[str]) -> float | None:
+        return None
+
 
 class CompositeProvider:
     """Merges providers in order; one failing provider does not hide the others."""
@@ -99,6 +127,12 @@ class CompositeProvider:
                 self.errors.append(f"{provider.name}: {exc}")
         return state
 
+    def next_change(self, fields: frozenset[str]) -> float | None:
+        # Merged fields may come from any provider: known only if all know.
+        times = [p.next_change(fields) for p in self.providers]
+        return None if any(t is None for t in times) else min(
+            (t for t in times if t is not None), default=math.inf)
+
 
 class CachedProvider:
     """Re-reads a slow provider (a subprocess) at most every ``max_age_s`` of monotonic time."""
@@ -116,23 +150,41 @@ class CachedProvider:
             self._cached = (now, await self.inner.read())
         return self._cached[1]
 
+    def next_change(self, fields: frozenset[str]) -> float | None:
+        return self.inner.next_change(fields)
+
 
 class SimulatedStateProvider:
     """The simulator's and the tests' seam: ``schedule(now) -> DeviceState``, where
     ``now`` is the clock's monotonic time. A device profile turns into a schedule
-    (charging at night, busy in the day); a test can flip a field mid-training."""
+    (charging at night, busy in the day); a test can flip a field mid-training.
+
+    ``changes(now, fields)``, if given, answers :meth:`next_change` for the
+    schedule (the simulator derives it from the profile); without it the
+    provider cannot tell, and the agent polls as it would a real device."""
 
     name = "simulated"
 
-    def __init__(self, schedule: Callable[[float], DeviceState], clock: Clock) -> None:
+    def __init__(
+        self,
+        schedule: Callable[[float], DeviceState],
+        clock: Clock,
+        changes: Callable[[float, frozenset[str]], float] | None = None,
+    ) -> None:
         self.schedule = schedule
         self.clock = clock
+        self.changes = changes
         self.reads = 0
 
     async def read(self) -> DeviceState:
         self.reads += 1
         state = self.schedule(self.clock.monotonic())
-        return dataclasses.replace(state, sources=state.sources or ("simulated",))
+        return state if state.sources else dataclasses.replace(state, sources=("simulated",))
+
+    def next_change(self, fields: frozenset[str]) -> float | None:
+        if self.changes is None:
+            return None
+        return self.changes(self.clock.monotonic(), fields)
 
 
 class StaticStateProvider:
@@ -145,6 +197,9 @@ class StaticStateProvider:
 
     async def read(self) -> DeviceState:
         return self.state
+
+    def next_change(self, fields: frozenset[str]) -> float | None:
+        return None  # tests swap `state` under it: keep polling
 
 
 ALWAYS_ELIGIBLE = DeviceState(
