@@ -35,7 +35,10 @@ mechanism with std z·C on an input that can move by 2C (any two inputs of a
 device are within the clip ball's diameter), i.e. multiplier z/2, with no
 amplification (the server sees who uploaded). The accountant charges every
 step to the worst-case device that contributed to all of them;
-:func:`local_epsilon` gives the figure for a known number of uploads.
+:func:`local_epsilon` gives the figure for a known number of uploads; the
+service reports it for the device with the most uploads so far
+(``aggregation_service.privacy_hooks.local_report``), which is tighter than
+charging every step to one device.
 """
 
 from __future__ import annotations

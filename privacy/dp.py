@@ -104,12 +104,13 @@ class AdaptiveClipping:
     After each step the bound moves geometrically toward the
     ``target_quantile`` of update norms::
 
-        b̄ = (Σ_i 1[‖Δ_i‖ ≤ C] + N(0, σ_b²)) / m
+        b̄ = (Σ_i (1[‖Δ_i‖ ≤ C] − ½) + N(0, σ_b²)) / m + ½
         C ← C · exp(−η · (b̄ − γ))
 
     with γ = ``target_quantile``, η = ``learning_rate``, σ_b =
     ``count_noise_std`` and m the *expected* number of updates per step (not
-    the realized one, which would leak). The count is itself a private
+    the realized one, which would leak). The centred bits are what is
+    released: adding or removing a device moves their sum by ½. The count is itself a private
     release: the accountant charges both releases as one Gaussian with the
     overall ``DPConfig.noise_multiplier`` z, and the update sum gets
     z_Δ = (z⁻² − (2σ_b)⁻²)^(−1/2) (the bits have sensitivity ½ once centred).
