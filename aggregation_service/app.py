@@ -525,6 +525,9 @@ async def get_weights(request: web.Request) -> web.Response:
     if from_param is not None:
         frame = await service.weights_delta(model, v, _int_param(from_param, "from"))
         etag = hashlib.sha256(frame).hexdigest()
+        # The rebuilt weights' value digest: the device verifies them without
+        # re-encoding them to the full frame (docs/protocol.md).
+        headers["Fedge-Weights-Digest"] = await service.weights_digest(model, v)
 
         async def read_delta(start: int, end: int) -> bytes:
             return frame[start:end]

@@ -76,6 +76,7 @@ from fedge.errors import FedgeError
 from fedge.manifest import Manifest, ManifestError
 from fedge.runtime import TrainableModel
 from privacy.robust import Action
+from quantization import weights_digest
 
 log = logging.getLogger("aggregation_service")
 
@@ -102,6 +103,10 @@ def runtime_evaluator(
     m = TrainableModel(model, manifest)
     m.set_weights(weights)
     return m.evaluate(x, y)
+
+
+def _digest_of(weights: Mapping[str, np.ndarray], manifest: Manifest) -> str:
+    return weights_digest({t.name: weights[t.name] for t in manifest.tensors})
 
 
 def hash_token(token: str) -> str:
@@ -341,6 +346,8 @@ class AggregationService:
         self._eval_pool = ThreadPoolExecutor(1, thread_name_prefix="fedge-eval")
         self._device_cache: OrderedDict[str, str] = OrderedDict()
         self._delta_cache: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
+        # quantization.weights_digest per (model, version): sent with deltas.
+        self._digests: OrderedDict[tuple[str, int], str] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reported: list[str] = []
         self._manifest_cache: dict[tuple[str, int], Manifest] = {}
@@ -1701,16 +1708,39 @@ class AggregationService:
         new_frame = await self._io_run(self.blobs.get, row.weights_sha256)
         old_frame = await self._io_run(self.blobs.get, old.weights_sha256)
 
-        def make() -> bytes:
-            return codec.encode_delta(
-                codec.decode_weights(new_frame, manifest), codec.decode_weights(old_frame, manifest)
-            )
+        def make() -> tuple[bytes, str]:
+            new = codec.decode_weights(new_frame, manifest)
+            delta = codec.encode_delta(new, codec.decode_weights(old_frame, manifest))
+            return delta, _digest_of(new, manifest)
 
-        frame: bytes = await self._cpu_run(make)
+        made: tuple[bytes, str] = await self._cpu_run(make)
+        frame, digest = made
+        self._remember_digest(model, version, digest)
         self._delta_cache[key] = frame
         while len(self._delta_cache) > 32:
             self._delta_cache.popitem(last=False)
         return frame
+
+    def _remember_digest(self, model: str, version: int, digest: str) -> None:
+        self._digests[(model, version)] = digest
+        while len(self._digests) > 256:
+            self._digests.popitem(last=False)
+
+    async def weights_digest(self, model: str, version: int) -> str:
+        """``quantization.weights_digest`` of a version's weights (manifest
+        order): what a device checks the weights it rebuilt from a delta
+        against, instead of re-encoding them to the frame's sha256."""
+        digest = self._digests.get((model, version))
+        if digest is not None:
+            return digest
+        row = await self.version_row(model, version)
+        manifest = Manifest.from_json(row.manifest)
+        frame = await self._io_run(self.blobs.get, row.weights_sha256)
+        computed: str = await self._cpu_run(
+            lambda: _digest_of(codec.decode_weights(frame, manifest), manifest)
+        )
+        self._remember_digest(model, version, computed)
+        return computed
 
     # --- housekeeping ----------------------------------------------------------------
 

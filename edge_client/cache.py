@@ -2,9 +2,16 @@
 
 A version is used only after its bytes verify: the graph against the plan's
 ``graph_sha256`` (and the manifest's ``sha256``), a full weights frame against
-``weights_sha256``. A cached graph is re-hashed before every use, so a file
-corrupted on disk is re-downloaded, never trained on. Partial downloads live
-in ``cache/partial`` and resume with ``Range``.
+``weights_sha256``, weights rebuilt from a delta against the response's
+``Fedge-Weights-Digest`` (a hash of the values, ``quantization.weights_digest``;
+servers that do not send it: by re-encoding to the frame the plan names). A
+cached graph is re-hashed before every use, so a file corrupted on disk is
+re-downloaded, never trained on. Partial downloads live in ``cache/partial``
+and resume with ``Range``.
+
+The current version's weights are also kept in memory (read-only arrays), so
+a device that trains on the same version again, or rebuilds the next version
+from a delta, does not re-read and re-parse its ``.npz``.
 """
 
 from __future__ import annotations
@@ -28,6 +35,9 @@ from edge_client.transport import StreamingTransport
 from fedge.manifest import Manifest, ManifestError
 
 log = logging.getLogger(__name__)
+
+# Sent with a weights delta: quantization.weights_digest of the version's weights.
+DIGEST_HEADER = "Fedge-Weights-Digest"
 
 
 def sha256_hex(data: bytes) -> str:
@@ -73,6 +83,8 @@ class ModelCache:
         self.root = state.root / "cache"
         self._index_key: tuple[int, int, int] | None = None
         self._index_data: dict[str, Any] | None = None
+        # (model, version, weights) of the last committed version.
+        self._memory: tuple[str, int, dict[str, np.ndarray]] | None = None
 
     # index ---------------------------------------------------------------
     def _index(self) -> dict[str, Any]:
@@ -104,9 +116,25 @@ class ModelCache:
         if not isinstance(entry, dict):
             return None
         version = entry.get("version")
-        if not isinstance(version, int) or not self._weights_path(model, version).exists():
+        if not isinstance(version, int):
+            return None
+        if self._remembered(model, version) is None and not self._weights_path(
+            model, version
+        ).exists():
             return None
         return version
+
+    def _remembered(self, model: str, version: int) -> dict[str, np.ndarray] | None:
+        memory = self._memory
+        if memory is not None and memory[0] == model and memory[1] == version:
+            return memory[2]
+        return None
+
+    def _cached_weights(self, model: str, version: int) -> dict[str, np.ndarray] | None:
+        remembered = self._remembered(model, version)
+        if remembered is not None:
+            return remembered
+        return self._load_weights(self._weights_path(model, version))
 
     def _weights_path(self, model: str, version: int) -> Path:
         return self.root / "weights" / model / f"{version}.npz"
@@ -189,15 +217,15 @@ class ModelCache:
     async def _weights(
         self, plan: Plan, manifest: Manifest, stats: DownloadStats
     ) -> dict[str, np.ndarray]:
-        target = self._weights_path(plan.model, plan.version)
-        cached = self._load_weights(target)
-        if cached is not None and self._entry_sha(plan.model, plan.version) == plan.weights_sha256:
-            stats.weights_cached = True
-            return cached
+        if self._entry_sha(plan.model, plan.version) == plan.weights_sha256:
+            cached = self._cached_weights(plan.model, plan.version)
+            if cached is not None:
+                stats.weights_cached = True
+                return cached
         base_version = self.cached_version(plan.model)
         delta_url = plan.urls.get("delta")
         if delta_url and base_version is not None and base_version != plan.version:
-            base = self._load_weights(self._weights_path(plan.model, base_version))
+            base = self._cached_weights(plan.model, base_version)
             if base is not None:
                 resp = await self.client.get(delta_url)
                 if resp.status == 200:
@@ -206,9 +234,8 @@ class ModelCache:
                     except DownloadError as exc:
                         log.warning("%s; fetching full weights", exc)
                     else:
-                        # The delta is exact (XOR), so the rebuilt version re-encodes
-                        # to the very frame the plan's weights_sha256 names.
-                        if codec.weights_frame_sha256(rebuilt, manifest) == plan.weights_sha256:
+                        if self._rebuilt_verifies(rebuilt, manifest, plan, resp.header(
+                                DIGEST_HEADER)):
                             stats.used_delta = True
                             stats.weights_bytes = len(resp.body)
                             return rebuilt
@@ -227,6 +254,17 @@ class ModelCache:
             )
         stats.weights_bytes = len(data)
         return codec.decode_weights(data, manifest)
+
+    @staticmethod
+    def _rebuilt_verifies(rebuilt: Mapping[str, np.ndarray], manifest: Manifest, plan: Plan,
+                          digest: str | None) -> bool:
+        """The delta is exact (XOR): the rebuilt weights are the version's own.
+        Checked against the value digest the server sent with the delta, or,
+        from a server that sends none, by re-encoding them to the very frame
+        the plan's weights_sha256 names (a zstd pass over every weight)."""
+        if digest is not None:
+            return codec.weights_digest(rebuilt, manifest) == digest.strip().lower()
+        return codec.weights_frame_sha256(rebuilt, manifest) == plan.weights_sha256
 
     def _load_weights(self, path: Path) -> dict[str, np.ndarray] | None:
         try:
@@ -249,6 +287,13 @@ class ModelCache:
         self.state.writer.write_bytes(
             self._weights_path(plan.model, plan.version), arrays_to_bytes(weights)
         )
+        # Read-only: every later cycle on this version shares these arrays.
+        kept = {}
+        for name, array in weights.items():
+            frozen = np.array(array, copy=True)
+            frozen.flags.writeable = False
+            kept[name] = frozen
+        self._memory = (plan.model, plan.version, kept)
         index = copy.deepcopy(self._index())
         previous = index["models"].get(plan.model)
         index["models"][plan.model] = {
@@ -259,9 +304,9 @@ class ModelCache:
         self.state.writer.write_json(self.root / "index.json", index)
         if isinstance(previous, dict) and previous.get("version") != plan.version:
             # One version per model is enough for deltas; SD cards are small.
-            for old in (self.root / "weights" / plan.model).glob("*.npz"):
-                if old.name != f"{plan.version}.npz":
-                    old.unlink(missing_ok=True)
+            old_version = previous.get("version")
+            if isinstance(old_version, int):
+                self._weights_path(plan.model, old_version).unlink(missing_ok=True)
             old_sha = previous.get("graph_sha256")
             if isinstance(old_sha, str) and old_sha != plan.graph_sha256:
                 self._graph_path(old_sha).unlink(missing_ok=True)
@@ -276,4 +321,5 @@ class ModelCache:
             raise DownloadError(f"weights for version {plan.version} lack tensors {missing}")
         if not stats.weights_cached:
             self._commit(plan, weights)
+            weights = self._memory[2] if self._memory is not None else weights
         return CachedModel(manifest, graph, weights, plan.version, stats)

@@ -45,6 +45,15 @@ def weights_frame_sha256(weights: Mapping[str, np.ndarray], manifest: Manifest) 
     return hashlib.sha256(quantization.encode_weights(ordered)).hexdigest()
 
 
+def weights_digest(weights: Mapping[str, np.ndarray], manifest: Manifest) -> str:
+    """``quantization.weights_digest`` of ``weights`` in manifest order: a hash
+    of the values, what the service sends with a delta (no re-encoding)."""
+    try:
+        return quantization.weights_digest({t.name: weights[t.name] for t in manifest.tensors})
+    except (CodecError, KeyError) as exc:
+        raise DownloadError(f"weights cannot be digested: {exc}") from exc
+
+
 def decode_weights(frame: bytes, manifest: Manifest) -> dict[str, np.ndarray]:
     try:
         return dict(quantization.decode_weights(frame, expected=_shapes(manifest)))

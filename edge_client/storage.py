@@ -190,11 +190,16 @@ class StateDir:
     def __init__(self, root: Path, writer: AtomicWriter | None = None) -> None:
         self.root = root
         self.writer = writer or AtomicWriter()
+        # The queue's length as last counted: every cycle asks, and only this
+        # object adds or removes entries, so the directory is listed again
+        # only after a change.
+        self._queue_len: int | None = None
 
     def prepare(self) -> None:
+        fresh = not self.root.exists()  # nothing can be torn in a new directory
         for sub in ("queue", "residual", "cache/graphs", "cache/weights", "cache/partial"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-        removed = remove_torn_temp_files(self.root)
+        removed = 0 if fresh else remove_torn_temp_files(self.root)
         if removed:
             log.warning("removed %d torn temp file(s) left by an interrupted write", removed)
 
@@ -252,6 +257,7 @@ class StateDir:
     # upload queue --------------------------------------------------------
     def enqueue(self, entry: QueuedUpload, payload: bytes) -> None:
         queue = self.root / "queue"
+        self._queue_len = None
         # Payload first, metadata second: an entry exists only once both are on disk.
         self.writer.write_bytes(queue / f"{entry.idempotency_key}.bin", payload)
         self.writer.write_json(queue / f"{entry.idempotency_key}.json", asdict(entry))
@@ -261,6 +267,7 @@ class StateDir:
 
     def dequeue(self, key: str) -> None:
         queue = self.root / "queue"
+        self._queue_len = None
         for suffix in (".json", ".bin"):  # metadata first: a half-removed entry is gone
             with contextlib.suppress(FileNotFoundError):
                 (queue / f"{key}{suffix}").unlink()
@@ -268,6 +275,7 @@ class StateDir:
     def queued(self) -> Iterator[tuple[QueuedUpload, bytes]]:
         """Pending uploads, oldest first. Incomplete or unreadable entries are removed."""
         queue = self.root / "queue"
+        self._queue_len = None  # unreadable entries are removed on the way
         if not queue.is_dir():
             return
         entries = []
@@ -292,5 +300,7 @@ class StateDir:
             yield entry, payload
 
     def queue_length(self) -> int:
-        queue = self.root / "queue"
-        return len(list(queue.glob("*.json"))) if queue.is_dir() else 0
+        if self._queue_len is None:
+            queue = self.root / "queue"
+            self._queue_len = len(list(queue.glob("*.json"))) if queue.is_dir() else 0
+        return self._queue_len

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from edge_client.agent import UPLOADED
 from edge_client.lifecycle import AgentState
 from edge_client.testing import RecordingTransport
 from edge_client.trainer import ProcessTrainer
+from fedge.transport import Response
 from tests.edge_client.conftest import AgentFactory, LiveService
 
 
@@ -81,11 +84,58 @@ async def test_new_version_arrives_as_an_exact_delta(
         await asyncio.sleep(0.05)
     assert agent_a.cache.cached_version("digits") == 1
     agent_a._next_checkin_at = 0.0
+    recorder = RecordingTransport(agent_a.client.transport)
+    agent_a.client.transport = recorder
     result = await agent_a.run_cycle()
     assert result.version == 2, result
     assert result.download["used_delta"] is True and result.download["graph_cached"] is True
+    # The delta came with the value digest the rebuilt weights were checked against.
+    (delta,) = [resp for sent, resp in zip(recorder.sent, recorder.responses, strict=True)
+                if "from=1" in sent.path]
+    assert isinstance(delta, Response) and len(delta.header("Fedge-Weights-Digest") or "") == 64
     assert agent_a.cache.cached_version("digits") == 2
     # Only one version's weights are kept on disk.
     assert [p.name for p in (agent_a.state.root / "cache/weights/digits").iterdir()] == ["2.npz"]
+    await agent_a.close()
+    await agent_b.close()
+
+
+class _WrongDigest(RecordingTransport):
+    """A delta response whose digest does not match the weights (a corrupted
+    transfer a real server cannot be made to produce)."""
+
+    async def request(self, method: str, path: str, *, headers: Mapping[str, str] | None = None,
+                      body: bytes | None = None) -> Response:
+        resp = await super().request(method, path, headers=headers, body=body)
+        if "from=" in path:
+            return Response(resp.status, resp.body,
+                            {**resp.headers, "Fedge-Weights-Digest": "0" * 64})
+        return resp
+
+
+async def test_rebuilt_weights_that_fail_the_digest_are_fetched_in_full(
+    tmp_path: object, service: LiveService, digits_dir: object
+) -> None:
+    import asyncio
+    from pathlib import Path
+
+    base = Path(str(tmp_path))
+    first = AgentFactory(base / "a", service, Path(str(digits_dir)))
+    second = AgentFactory(base / "b", service, Path(str(digits_dir)))
+    agent_a = await first(transport=_WrongDigest)
+    agent_b = await second()
+    assert (await agent_a.run_cycle()).outcome == UPLOADED
+    assert (await agent_b.run_cycle()).outcome == UPLOADED
+    for _ in range(200):
+        if (await service.model())["training_version"] == 2:
+            break
+        await asyncio.sleep(0.05)
+    agent_a._next_checkin_at = 0.0
+    result = await agent_a.run_cycle()
+    assert result.outcome == UPLOADED and result.version == 2, result
+    assert result.download["used_delta"] is False  # the full frame, checked by its sha256
+    paths = [sent.path for sent in agent_a.client.transport.sent]  # type: ignore[attr-defined]
+    assert any("from=1" in p for p in paths)
+    assert paths.count("/v1/models/digits/versions/2/weights") == 1
     await agent_a.close()
     await agent_b.close()
