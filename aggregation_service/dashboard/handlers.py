@@ -145,7 +145,8 @@ async def _json_object(request: web.Request, *, optional: bool = False) -> dict[
     raw = await _read_body(request, request.app[DASHBOARD].service.config.max_json_bytes)
     try:
         data = json.loads(raw or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        # RecursionError: a body of nothing but '[' nests deeper than the parser goes.
         raise bad_request("bad_json", f"body is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise bad_request("bad_json", "body must be a JSON object")

@@ -199,6 +199,7 @@ JSON = "application/json"
     [
         ("promote", b"{not json", JSON, (400, "bad_json")),
         ("promote", b"[2]", JSON, (400, "bad_json")),
+        ("promote", b"[" * 60_000, JSON, (400, "bad_json")),
         ("promote", b"{}", JSON, (400, "bad_field")),
         ("promote", b'{"version": "2"}', JSON, (400, "bad_field")),
         ("promote", b'{"version": true}', JSON, (400, "bad_field")),
