@@ -158,7 +158,13 @@
     $("resume").hidden = !model || !model.paused;
     $("rollback").hidden = !model;
     if (!model) {
-      facts($("model-facts"), [["models", "push one with `fedge push`"]]);
+      facts($("model-facts"), [["models", "none yet: push one with fedge push"]]);
+      $("privacy-card").hidden = true;
+      if (changed("charts", null)) {
+        FedgeCharts.line($("chart-accuracy"), [], { empty: "no model yet" });
+        FedgeCharts.line($("chart-loss"), [], { empty: "no model yet" });
+        $("versions").tBodies[0].replaceChildren();
+      }
       return;
     }
     const fill = counters.buffer_fill[model.model] || 0;
