@@ -183,14 +183,27 @@ def _pages() -> list[Path]:
     return [REPO / "README.md", *sorted(DOCS.glob("*.md"))]
 
 
+def _prose(page: Path) -> str:
+    """The page without its fenced blocks (a `# comment` there is no heading)."""
+    return re.sub(r"^```.*?^```", "", page.read_text(encoding="utf-8"), flags=re.S | re.M)
+
+
+def _anchors(page: Path) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces → '-'."""
+    headings = re.findall(r"^#{1,6}\s+(.+)$", _prose(page), flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
 @pytest.mark.parametrize("page", _pages(), ids=lambda p: p.name)
-def test_relative_links_point_at_files(page: Path) -> None:
-    text = page.read_text(encoding="utf-8")
-    for target in re.findall(r"\]\(([^)\s]+)\)", text):
-        if re.match(r"[a-z]+:", target) or target.startswith("#"):
-            continue  # a URL or an anchor on the same page
-        path = (page.parent / target.split("#")[0]).resolve()
+def test_relative_links_point_at_files_and_headings(page: Path) -> None:
+    for target in re.findall(r"\]\(([^)\s]+)\)", _prose(page)):
+        if re.match(r"[a-z]+:", target):
+            continue  # a URL
+        file, _, anchor = target.partition("#")
+        path = (page.parent / file).resolve() if file else page
         assert path.exists(), f"{page.name}: link to {target} points at nothing"
+        if anchor and path.suffix == ".md":
+            assert anchor in _anchors(path), f"{page.name}: no heading for {target}"
 
 
 def test_docs_index_lists_every_page() -> None:
