@@ -22,6 +22,13 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "docs" / "api.md"
 METHODS = ("get", "put", "post", "patch", "delete", "head", "options")
+# What each security scheme is, where the document itself does not say.
+SCHEME_NOTES = {
+    "operatorToken": "the service's operator token (`FEDGE_OPERATOR_TOKEN`)",
+    "deviceToken": "the token a device received at enrollment",
+    "dashboardSession": "the session cookie the dashboard's login form sets "
+    "([dashboard.md](dashboard.md))",
+}
 HEADER = """\
 # HTTP API reference
 
@@ -94,18 +101,15 @@ def render(doc: dict[str, Any]) -> str:
         )
     ]
     if schemes:
-        out += ["## Authentication", "", "| scheme | type |", "| --- | --- |"]
+        out += ["## Authentication", "", "| scheme | sent as | what it is |", "| --- | --- | --- |"]
         for name, scheme in sorted(schemes.items()):
-            kind = scheme.get("scheme") or scheme.get("type", "?")
-            where = f" in {scheme['in']} `{scheme.get('name')}`" if scheme.get("in") else ""
-            out.append(f"| `{name}` | {_cell(kind + where)} |")
-        out += [
-            "",
-            "`operatorToken` is the service's operator token (`FEDGE_OPERATOR_TOKEN`);",
-            "`deviceToken` is the token a device received at enrollment. Both travel as",
-            "`Authorization: Bearer <token>`. A token of the wrong kind is 403.",
-            "",
-        ]
+            if scheme.get("in"):
+                sent = f"{scheme['type']} in {scheme['in']} `{scheme.get('name')}`"
+            else:
+                sent = f"`Authorization: {str(scheme.get('scheme', '?')).title()} <token>`"
+            what = scheme.get("description") or SCHEME_NOTES.get(name, "")
+            out.append(f"| `{name}` | {sent} | {_cell(what)} |")
+        out += ["", "A token of the wrong kind is 403; a missing or unknown one is 401.", ""]
     paths = doc.get("paths", {})
     out += ["## Endpoints", "", "| method | path | auth | summary |", "| --- | --- | --- | --- |"]
     for path in sorted(paths):
@@ -135,9 +139,61 @@ def render(doc: dict[str, Any]) -> str:
             out.append(f"- request body: {_body(op)}")
             out += ["", "| status | meaning |", "| --- | --- |"]
             for status, response in sorted(op.get("responses", {}).items()):
-                out.append(f"| {status} | {_cell(response.get('description', ''))} |")
+                text = _cell(response.get("description", ""))
+                refs = _refs(response.get("content", {}))
+                if refs and not status.startswith(("4", "5")):  # errors are all `Error`
+                    text += " — " + ", ".join(f"[`{r}`](#{r.lower()})" for r in refs)
+                out.append(f"| {status} | {text} |")
             out.append("")
+    schemas = doc.get("components", {}).get("schemas", {})
+    if schemas:
+        out += ["## Schemas", ""]
+        for name, schema in sorted(schemas.items()):
+            out += [f"### {name}", ""]
+            if schema.get("description"):
+                out += [_cell(schema["description"]), ""]
+            props = schema.get("properties", {})
+            if props:
+                out += ["| field | type | meaning |", "| --- | --- | --- |"]
+                for field, spec in props.items():
+                    desc = spec.get("description", "")
+                    out.append(f"| `{field}` | {_cell(_type(spec))} | {_cell(desc)} |")
+                out.append("")
+            if schema.get("additionalProperties"):
+                out += ["Other fields may be present.", ""]
     return "\n".join(out).rstrip("\n") + "\n"
+
+
+def _refs(node: Any) -> list[str]:
+    """Names of the component schemas referenced anywhere inside `node`, in order."""
+    found: list[str] = []
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/components/schemas/"):
+            found.append(ref.rsplit("/", 1)[1])
+        for value in node.values():
+            found += [r for r in _refs(value) if r not in found]
+    elif isinstance(node, list):
+        for value in node:
+            found += [r for r in _refs(value) if r not in found]
+    return found
+
+
+def _type(spec: dict[str, Any]) -> str:
+    if "$ref" in spec:
+        return str(spec["$ref"]).rsplit("/", 1)[1]
+    for key in ("oneOf", "anyOf"):
+        if key in spec:
+            return " or ".join(_type(s) for s in spec[key])
+    kind = spec.get("type", "any")
+    text = " or ".join(kind) if isinstance(kind, list) else str(kind)
+    if kind == "array" and isinstance(spec.get("items"), dict):
+        text = f"array of {_type(spec['items'])}"
+    if kind == "object" and spec.get("properties"):
+        text += " {" + ", ".join(f"`{k}`" for k in spec["properties"]) + "}"
+    if "enum" in spec:
+        text += " (" + ", ".join(f"`{v}`" for v in spec["enum"]) + ")"
+    return text
 
 
 def generate() -> str:
