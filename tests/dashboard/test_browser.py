@@ -7,7 +7,8 @@ The test refuses a wrong token (no cookie), logs in and checks the cookie
 flags on the real Set-Cookie header, watches a new version appear and the
 accuracy chart gain a point without a reload, promotes that version through
 the confirmation dialog (a cancelled dialog changes nothing), pauses and
-resumes, and logs out. Screenshots go to test-artifacts/dashboard/.
+resumes, rolls back (refused with the service's reason, then done), and logs
+out. Screenshots go to test-artifacts/dashboard/.
 
 Chromium comes from ``make browser`` (scripts/browser-deps.sh). In CI a
 missing browser or playwright package fails the test; elsewhere it skips.
@@ -294,6 +295,22 @@ def test_dashboard_in_a_real_browser(server: ServerProcess, exported_mlp: Path) 
             confirm(page, "Resume training")
             expect(page.get_by_test_id("status")).to_have_text(f"{MODEL} resumed")
             assert api.get(f"/v1/models/{MODEL}", headers=OP).json()["paused"] is False
+
+            # Roll back: refused while nothing was live before v2 (the service's
+            # reason is shown), then back to v2 after v1 was promoted over it.
+            page.get_by_test_id("rollback").click()
+            confirm(page, "Roll digits back")
+            expect(page.get_by_test_id("status")).to_contain_text("no earlier promoted version")
+            expect(page.get_by_test_id("status")).to_have_class("error")
+            page.get_by_test_id("promote-1").click()
+            confirm(page, "Promote v1")
+            expect(page.get_by_test_id("fact-live")).to_have_text("v1")
+            page.get_by_test_id("rollback").click()
+            confirm(page, "Roll digits back")
+            expect(page.get_by_test_id("status")).to_have_text(f"{MODEL} rolled back")
+            info = api.get(f"/v1/models/{MODEL}", headers=OP).json()
+            assert (info["live_version"], info["training_version"]) == (2, 2)
+            expect(page.get_by_test_id("fact-live")).to_have_text("v2")
 
             # Log out: back to the form, the cookie gone, the data closed.
             page.get_by_test_id("logout").click()
