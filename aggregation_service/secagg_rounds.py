@@ -9,8 +9,8 @@ round holds the :class:`~privacy.secagg.SecAggServer` and the phase clock:
 =========  ===================================  ==================================
 phase      devices POST                         closes (early when all expected sent)
 =========  ===================================  ==================================
-keys       ``keys`` (KeyAdvert)                 start + 10 % of report_deadline_s
-shares     ``shares`` (ShareKeys)               start + 20 % of report_deadline_s
+keys       ``keys`` (KeyAdvert)                 start + 20 % of report_deadline_s
+shares     ``shares`` (ShareKeys)               start + 30 % of report_deadline_s
 inputs     ``masked-input`` (MaskedInput)       the round's report deadline
 unmask     ``unmask`` (UnmaskResponse)          deadline + max(grace, 10 % of it)
 =========  ===================================  ==================================
@@ -73,8 +73,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("aggregation_service.secagg")
 
-KEYS_FRACTION = 0.1  # of report_deadline_s: the key phase's share of the round
-SHARES_FRACTION = 0.2
+KEYS_FRACTION = 0.2  # of report_deadline_s: the key phase (the selection window)
+SHARES_FRACTION = 0.3
 UNMASK_FRACTION = 0.1  # at least this much of report_deadline_s after the deadline
 POLL_S = 2.0  # Retry-After of a 204 (capped by the time left in the phase)
 RECENT_ROUNDS = 8  # finished rounds remembered per service, for late pollers' answers

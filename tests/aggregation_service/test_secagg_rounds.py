@@ -221,7 +221,7 @@ async def test_too_few_keys_abandon_at_the_key_deadline(make_env: EnvFactory) ->
         await w.post("keys", w.client.advertise_keys())
     status, retry = await wires[0].get("setup")
     assert status == 204 and 1 <= int(retry) <= 2
-    env.clock.advance(61.0)  # 10 % of the report deadline
+    env.clock.advance(121.0)  # 20 % of the report deadline
     await settle()
     await env.service.wait_idle()
     assert 'outcome="too_few_keys"} 1' in await metric(env, "fedge_secagg_rounds_total")
