@@ -65,8 +65,11 @@ _PRIVACY_SCHEMA: dict[str, Any] = {
     "null for versions published without DP",
     "properties": {
         "version": {"type": "integer"},
-        "epsilon": {**_NUM, "description": "cumulative ε at delta (null: ∞, no noise); "
-                    "local mode: the device with the most releases"},
+        "epsilon": {
+            **_NUM,
+            "description": "cumulative ε at delta (null: ∞, no noise); "
+            "local mode: the device with the most releases",
+        },
         "step_epsilon": {**_NUM, "description": "ε of this step alone"},
         "delta": {"type": "number"},
         "sampling_probability": {"type": "number"},
@@ -74,15 +77,24 @@ _PRIVACY_SCHEMA: dict[str, Any] = {
         "steps": {"type": "integer"},
         "participation": {"type": "string", "enum": ["sampled", "full"]},
         "population": {"type": ["integer", "null"]},
-        "clip_norm": {"type": "number", "description": "the L2 bound devices training "
-                      "from this version clip with (moves with adaptive clipping)"},
-        "noise_clip_norm": {**_NUM, "description": "the bound the step's noise was "
-                            "calibrated to (central mode)"},
+        "clip_norm": {
+            "type": "number",
+            "description": "the L2 bound devices training "
+            "from this version clip with (moves with adaptive clipping)",
+        },
+        "noise_clip_norm": {
+            **_NUM,
+            "description": "the bound the step's noise was calibrated to (central mode)",
+        },
         "clip_norm_before": {"type": "number", "description": "adaptive: the base's bound"},
-        "unclipped_fraction": {"type": "number", "description": "adaptive: the noised "
-                               "fraction of updates that fitted under the bound"},
-        "update_noise_multiplier": {"type": "number", "description": "adaptive: z_Δ on "
-                                    "the update sum"},
+        "unclipped_fraction": {
+            "type": "number",
+            "description": "adaptive: the noised fraction of updates that fitted under the bound",
+        },
+        "update_noise_multiplier": {
+            "type": "number",
+            "description": "adaptive: z_Δ on the update sum",
+        },
         "device_uploads_max": {"type": "integer", "description": "local mode"},
         "guarantee": {"type": "string", "description": "local mode: 'local, per device'"},
     },
@@ -324,6 +336,7 @@ def openapi_document() -> dict[str, Any]:
             )
         },
     }
+    paths.update(_secagg_paths())
     paths.update(_dashboard_paths())
     return {
         "openapi": "3.1.0",
@@ -461,4 +474,55 @@ def _dashboard_paths() -> dict[str, dict[str, Any]]:
                 "Resume training (as POST /v1/models/{model}/resume)", {"200": "resumed"}
             )
         },
+    }
+
+
+# --- secure aggregation of sync rounds (aggregation_service.secagg_rounds) ------------------
+
+_SECAGG = ("round", "step")
+_SECAGG_REFUSALS = {
+    "403": "token of the wrong kind; not_in_round (this device is not in the round); "
+    "device_mismatch (the message names another device)",
+    "404": "unknown_round (finished long ago or lost in a restart: check in again), "
+    "unknown_endpoint (a step that does not exist)",
+}
+
+
+def _secagg_paths() -> dict[str, dict[str, Any]]:
+    return {
+        "/v1/devices/secagg/{round}/{step}": {
+            "post": _op(
+                "Send this device's SecAgg message for a step of the round named in its plan: "
+                "step keys, shares, masked-input or unmask (privacy.secagg.encode_message bytes); "
+                "the same bytes again are answered as a duplicate",
+                security="deviceToken",
+                params=_SECAGG,
+                body="application/octet-stream",
+                codes={
+                    "200": "{status: received | duplicate, round_id, phase}",
+                    "400": "bad_secagg_message",
+                    "409": "wrong_phase, already_sent, round_abandoned",
+                    "413": "too large",
+                    "415": "wrong content type",
+                    "422": "protocol_violation (the device is out of the round)",
+                    "429": "rate limited (Retry-After)",
+                    **_AUTH,
+                    **_SECAGG_REFUSALS,
+                },
+            ),
+            "get": _op(
+                "Fetch the server's SecAgg message for this device once a phase closed: "
+                "step setup, shares or unmask; 204 with Retry-After while it is open",
+                security="deviceToken",
+                params=_SECAGG,
+                codes={
+                    "200": "the message (application/octet-stream)",
+                    "204": "not yet: ask again after Retry-After seconds",
+                    "409": "round_closed, wrong_phase, excluded, round_abandoned",
+                    "429": "rate limited (Retry-After)",
+                    **_AUTH,
+                    **_SECAGG_REFUSALS,
+                },
+            ),
+        }
     }
