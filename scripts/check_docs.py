@@ -39,6 +39,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -73,6 +74,7 @@ class Run:
     then: str | None = None
     expect: str | None = None
     background: bool = False
+    alongside: bool = False  # shares nothing with the other commands: run it in parallel
     timeout: float = 180.0  # a safety net on a loaded machine, not a target
     why: str = ""
 
@@ -95,6 +97,7 @@ RULES: list[Rule] = [
         Run(
             instead="fedge demo --devices 6 --hours 1 --no-progress --out demo-report",
             then="test -s demo-report/summary.md && test -s demo-report/accuracy.png",
+            alongside=True,  # its own service in its own temporary directory
             timeout=600,
             why="`make demo` runs `fedge demo`; here with 6 devices for one virtual hour",
         ),
@@ -632,6 +635,23 @@ def _wait_for_port(path: Path, proc: subprocess.Popen[bytes], timeout: float = 1
     raise RuntimeError(f"no port in {path} after {timeout:.0f} s")
 
 
+def _alongside(sandbox: Sandbox, cmd: Command, run: Run, failures: list[str]) -> threading.Thread:
+    """Run one command in a thread while the others run in order."""
+
+    def body() -> None:
+        t0 = time.monotonic()
+        error = sandbox.shell(cmd, run)
+        took = time.monotonic() - t0
+        status = "ok  " if error is None else "FAIL"
+        print(f"{status} {took:5.1f} s (in parallel)  {cmd.doc}:{cmd.line}")
+        if error is not None:
+            failures.append(f"{cmd.doc}:{cmd.line}: {error}")  # list.append is atomic
+
+    thread = threading.Thread(target=body, name=f"docs-{cmd.doc}:{cmd.line}")
+    thread.start()
+    return thread
+
+
 def _children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -670,7 +690,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         return 0
     nodes = {a.node for _, (_, a) in matched if isinstance(a, Mapped)}
-    failures = [f"mapped test does not exist: {n}" for n in missing_nodes(nodes)]
+    failures: list[str] = []
+    # Collecting the mapped tests takes a while (their modules import TensorFlow):
+    # it runs beside the commands.
+    collector = threading.Thread(
+        target=lambda: failures.extend(
+            f"mapped test does not exist: {n}" for n in missing_nodes(nodes)
+        )
+    )
+    collector.start()
     runs = [(c, a) for c, (_, a) in matched if isinstance(a, Run)]
     root = Path(tempfile.mkdtemp(prefix="fedge-docs-"))
     sandbox = Sandbox(root)
@@ -678,6 +706,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sandbox.start()
         done: dict[tuple[str, str], Command] = {}
+        parallel = [_alongside(sandbox, cmd, run, failures) for cmd, run in runs if run.alongside]
+        runs = [(cmd, run) for cmd, run in runs if not run.alongside]
         for cmd, run in sorted(runs, key=lambda item: item[1].phase):  # stable: page order
             # The same command on several pages runs once; agent commands depend on
             # their page's HOME, so they are told apart by page.
@@ -697,12 +727,15 @@ def main(argv: list[str] | None = None) -> int:
             )
             if error is not None:
                 failures.append(f"{cmd.doc}:{cmd.line}: {error}")
+        for thread in [*parallel, collector]:
+            thread.join()
     finally:
         sandbox.stop()
         if not failures:
             shutil.rmtree(root, ignore_errors=True)
+    ran = len(runs) + len(parallel)
     print(
-        f"{len(runs)} commands run, {len(matched) - len(runs)} mapped to "
+        f"{ran} commands run, {len(matched) - ran} mapped to "
         f"{len(nodes)} tests, {time.monotonic() - started:.0f} s"
     )
     if failures:

@@ -44,6 +44,7 @@ gen_api_docs = _script("gen_api_docs")
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # ≈ 1 min of CPU; the wall time grows with the machine's load
 def test_every_doc_command_runs_or_is_mapped() -> None:
     done = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "check_docs.py")],
@@ -116,6 +117,13 @@ def test_a_command_without_a_rule_fails_and_so_does_an_unused_rule(
     assert [c.text for c, _ in matched] == ["fedge models list"]
     assert any("docs/x.md:4" in p and "neither run nor mapped" in p for p in problems)
     assert any("fedge never-documented" in p and "matches no command" in p for p in problems)
+
+
+def test_a_mapped_test_that_does_not_exist_is_reported() -> None:
+    here = "tests/test_docs.py::test_docs_index_lists_every_page"
+    gone = "tests/test_docs.py::test_that_was_renamed"
+    elsewhere = "tests/no_such_file.py::test_x"
+    assert check_docs.missing_nodes({here, gone, elsewhere}) == sorted([gone, elsewhere])
 
 
 def test_every_page_is_covered_by_the_rules() -> None:
