@@ -1,8 +1,10 @@
 """Fleet simulator benchmarks (issue 6).
 
-1. scale — real time and events/s to simulate N devices over H virtual hours
-   with the reference mlp, in-process transport (full: 10,000 × 48 h, target
-   ≤ 15 min on 2 cores; --quick: 1,000 × 4 h, said so in the row);
+1. scale — real time and events/s to simulate the fleet file
+   device_profiles/fleets/scale-10k.yaml (10,000 devices × 48 virtual h, the
+   reference mlp, in-process transport; target ≤ 15 min on 2 cores) through
+   the same ``simulate`` call as ``fedge simulate``; --quick and
+   --devices/--hours run it with fewer devices and hours, said so in the row;
 2. time to accuracy — async (FedBuff) vs sync rounds on the same mixed fleet
    and seed; the sync run is the in-run baseline (target: async ≥ 2× sooner,
    final accuracy not lower);
@@ -62,7 +64,7 @@ def _fleet(total: int, hours: float, *, target: float = 0.85, codec: dict[str, A
 
 
 def _simulate(work: Path, name: str, fleet: dict[str, Any], model_dir: Path, *,
-              compare: bool = False) -> Any:
+              compare: bool = False, progress: bool | None = None) -> Any:
     from device_profiles.fleet import load_fleet
     from device_profiles.sim.runner import SimOptions
     from device_profiles.simulate import simulate
@@ -71,7 +73,8 @@ def _simulate(work: Path, name: str, fleet: dict[str, Any], model_dir: Path, *,
     path.write_text(yaml.safe_dump(fleet))
     return simulate(load_fleet(path), SimOptions(  # workdir under the bench's temp dir
         out=work / name, workdir=work / f"{name}-work", model_dir=model_dir,
-        compare=compare, progress=sys.stderr.isatty()))
+        compare=compare,
+        progress=sys.stderr.isatty() if progress is None else progress))
 
 
 def _row(benchmark: str, metric: str, value: float | None, unit: str, *,
@@ -84,15 +87,27 @@ def _row(benchmark: str, metric: str, value: float | None, unit: str, *,
 
 
 FULL_SCALE = (10_000, 48.0)
+SCALE_FLEET = Path(__file__).resolve().parents[1] / "device_profiles" / "fleets" / "scale-10k.yaml"
 
 
-def scale_rows(work: Path, model_dir: Path, devices: int, hours: float) -> list[dict[str, Any]]:
+def scale_fleet(devices: int, hours: float) -> dict[str, Any]:
+    """The scale fleet file, resized (its profile shares stay)."""
+    fleet: dict[str, Any] = yaml.safe_load(SCALE_FLEET.read_text())
+    fleet.update(total=devices, duration_h=hours)
+    return fleet
+
+
+def scale_rows(work: Path, model_dir: Path, devices: int, hours: float,
+               progress: bool | None = None) -> list[dict[str, Any]]:
     started = time.perf_counter()
-    report = _simulate(work, "scale", _fleet(devices, hours), model_dir)
+    report = _simulate(work, "scale", scale_fleet(devices, hours), model_dir, progress=progress)
     wall = time.perf_counter() - started
     result = report.results[0]
+    rec = result.recorder
+    outcome = (f"{rec.accepted} updates accepted, {len(rec.versions)} versions, final "
+               f"accuracy {rec.latest_accuracy if rec.latest_accuracy is not None else 'n/a'}")
     if (devices, hours) == FULL_SCALE:
-        mode_note = "10,000 devices × 48 virtual h"
+        mode_note = "FULL RUN: 10,000 devices × 48 virtual h (fleets/scale-10k.yaml)"
     else:
         # Events grow about linearly with devices × hours at a fixed policy.
         factor = FULL_SCALE[0] * FULL_SCALE[1] / (devices * hours)
@@ -106,21 +121,21 @@ def scale_rows(work: Path, model_dir: Path, devices: int, hours: float) -> list[
              note=f"{mode_note}; includes calibration, enrolment, report"),
         _row("scale", "events per second", round(result.events_per_s), "events/s",
              note=f"{result.events} clock wake-ups in {result.wall_s:.0f} s of "
-                  f"simulation; {result.recorder.accepted} updates accepted"),
+                  f"simulation; {outcome}"),
         _row("scale", "virtual seconds per real second",
              round(hours * 3600 / result.wall_s, 1), "×",
              note="simulated fleet time over real simulation time"),
     ]
 
 
-def run_scale(devices: int, hours: float) -> list[dict[str, Any]]:
+def run_scale(devices: int, hours: float, progress: bool | None = None) -> list[dict[str, Any]]:
     from model_export import export_reference
 
     with tempfile.TemporaryDirectory(prefix="fedge-bench-sim-") as tmp:
         work = Path(tmp)
         model_dir = work / "mlp"
         export_reference("mlp", model_dir, input_shape=(64,), classes=10)
-        return scale_rows(work, model_dir, devices, hours)
+        return scale_rows(work, model_dir, devices, hours, progress)
 
 
 def run(quick: bool) -> list[dict[str, Any]]:
@@ -157,7 +172,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
 
         # 3. communication to the target accuracy, per codec
         devices, hours = (60, 6.0) if quick else (150, 12.0)
-        codecs = [
+        codecs: list[tuple[str, dict[str, Any]]] = [
             # Explicit: an empty codec would mean "the service's default" (lossy).
             ("dense float32", {"density": 1.0, "values": "float32"}),
             ("dense float16", {"values": "float16"}),
@@ -191,13 +206,15 @@ def main() -> int:
                         help="run only the scale benchmark; keep the other rows of sim.json")
     parser.add_argument("--devices", type=int, default=FULL_SCALE[0])
     parser.add_argument("--hours", type=float, default=FULL_SCALE[1])
+    parser.add_argument("--progress", action="store_true",
+                        help="show the progress bar even when stderr is not a terminal")
     args = parser.parse_args()
     if args.devices < 1 or args.hours <= 0:
         parser.error("--devices must be ≥ 1 and --hours > 0")
     if (args.devices, args.hours) != FULL_SCALE and not args.scale_only:
         parser.error("--devices/--hours need --scale-only")
     if args.scale_only:
-        rows = run_scale(args.devices, args.hours)
+        rows = run_scale(args.devices, args.hours, True if args.progress else None)
         try:
             previous = json.loads(RESULTS.read_text())
         except (OSError, ValueError):

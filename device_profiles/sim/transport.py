@@ -20,7 +20,6 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from unittest import mock
 
 from aiohttp import hdrs as aiohttp_hdrs
 from aiohttp import streams, web
@@ -68,6 +67,34 @@ class _CapturingWriter(AbstractStreamWriter):
         self.headers = CIMultiDict(headers)
 
 
+class _Protocol:
+    """What a request and its body stream read from aiohttp's connection
+    protocol: aiohttp's default limits for its multipart reader, no socket
+    (no peer address, no TLS), and flow control that has nothing to pause.
+    A plain object, not a ``Mock``: a mock records every call made on it, and
+    the body stream calls ``resume_reading`` on every request."""
+
+    _reading_paused = False
+    connected = True
+    max_field_size = 8190
+    max_headers = 128
+    max_line_size = 8190
+    max_line_length = 8190
+    ssl_context = None
+    peername = None
+    sockname = None
+
+    def __init__(self) -> None:
+        self.transport: Any = None
+        self.writer: Any = None
+
+    def pause_reading(self) -> None:
+        return None
+
+    def resume_reading(self, resume_parser: bool = True) -> None:
+        return None
+
+
 class InProcessTransport:
     """A :class:`fedge.transport.Transport` into an aiohttp app, without sockets.
 
@@ -91,13 +118,9 @@ class InProcessTransport:
         # upload sees version N or N+1 does not depend on thread timing.
         self.quiesce = quiesce
         self._lock = asyncio.Lock()
-        # aiohttp's defaults for the limits its multipart reader takes from the
-        # protocol; one mock for all requests (building mocks is slow).
-        self._protocol: Any = mock.Mock(_reading_paused=False, max_field_size=8190,
-                                        max_headers=128, max_line_size=8190,
-                                        max_line_length=8190)
+        self._protocol: Any = _Protocol()
         self._transport: Any = None
-        self._task: Any = mock.Mock()  # Request.task; nothing in the service reads it
+        self._task: Any = None  # Request.task; nothing in the service reads it
         self.requests = 0
         self.in_flight = Activity()  # requests inside this transport (queued or served)
 
