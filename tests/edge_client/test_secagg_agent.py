@@ -263,3 +263,38 @@ async def test_a_fedge_serve_process_runs_rounds_and_restarts_cleanly(
         await live.transport.close()
     finally:
         stop_server(server)
+
+
+EDGE_IMPORTS = """
+import sys
+import edge_client.agent, edge_client.protocol, edge_client.cli
+assert "cryptography" not in sys.modules, "a plain agent loaded cryptography"
+import numpy as np
+from edge_client.secagg import SecAggPlan, clip_and_flatten
+from privacy.secagg import SecAggConfig, run_local_round
+cfg = SecAggConfig(degree=2, threshold=2, clip_norm=1.0, max_clients=4)
+inputs = {f"d{i}": np.full(6, 0.1 * i) for i in range(3)}
+result, _, _ = run_local_round(cfg, inputs)
+assert np.allclose(result.total, np.full(6, 0.3), atol=1e-6)
+assert "tensorflow" not in sys.modules
+print("ok", np.__version__)
+"""
+
+
+def _edge_run(python: Path) -> str:
+    import subprocess
+
+    result = subprocess.run([str(python), "-c", EDGE_IMPORTS], check=False, capture_output=True,
+                            text=True, cwd=Path(__file__).resolve().parents[2])
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_secagg_runs_on_the_edge_install_and_a_plain_agent_never_loads_it(
+    edge_python: Path,
+) -> None:
+    assert _edge_run(edge_python).startswith("ok")
+
+
+def test_secagg_runs_with_tflite_runtime_and_numpy_1(tflite_python: Path) -> None:
+    assert _edge_run(tflite_python).startswith("ok 1.")
