@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -182,6 +183,25 @@ def test_operator_guide_lists_every_training_key_with_its_default() -> None:
     assert sorted(rows) == sorted(defaults), "keys missing from or extra in the guide's table"
     for key, value in defaults.items():
         assert json.loads(rows[key]) == value, f"{key}: the guide says {rows[key]}, code {value!r}"
+
+
+def test_the_guides_systemd_unit_verifies(tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    text = (DOCS / "operator-guide.md").read_text(encoding="utf-8")
+    found = re.search(r"```ini\n# /etc/systemd/system/fedge.service\n(.*?)```", text, re.S)
+    assert found is not None, "the guide's unit file block is gone"
+    unit = found.group(1)
+    # Every setting on a line of its own: systemd has no trailing comments.
+    assert not re.search(r"^[A-Za-z]+=[^\n]*[ \t]#", unit, flags=re.M)
+    fedge = Path(sys.executable).parent / "fedge"
+    path = tmp_path / "fedge.service"
+    path.write_text(unit.replace("/opt/fedge/bin/fedge", str(fedge)), encoding="utf-8")
+    done = subprocess.run(
+        [analyze, "verify", str(path)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0 and path.name not in done.stderr, done.stderr
 
 
 # --- links and the index -------------------------------------------------------------------
