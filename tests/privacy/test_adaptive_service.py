@@ -1,7 +1,8 @@
 """Adaptive clipping in the service (Andrew et al. 2021): clip bits on real
 uploads through the aiohttp app, the bound moving toward the target quantile,
 the bound in plans, versions, the model JSON and /metrics, and the identical
-bound after a crash and replay of the update log."""
+bound after a crash and replay of the update log, in process and after a
+SIGKILL of a real server process."""
 
 from __future__ import annotations
 
@@ -9,23 +10,31 @@ import asyncio
 import contextlib
 import itertools
 import math
+import os
 import random
+import signal
 import sqlite3
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import numpy as np
 import pytest
 from aiohttp.test_utils import TestClient
 
+import quantization
 from aggregation_service import AggregationService, create_app, privacy_hooks
 from aggregation_service.app import SERVICE
+from aggregation_service.blobs import BlobStore
 from aggregation_service.config import DPSettings
 from aggregation_service.service import UpdateRequest
+from aggregation_service.updatelog import UpdateLog
 from fedge.clock import ManualClock
 from privacy.dp import DPConfig
 from tests.aggregation_service.conftest import (
+    OPERATOR,
     SHAPES,
     Device,
     Env,
@@ -33,6 +42,12 @@ from tests.aggregation_service.conftest import (
     initial_weights,
     make_config,
     synthetic_manifest,
+)
+from tests.aggregation_service.realserver import (
+    register_synthetic,
+    start_server,
+    stop_server,
+    write_config,
 )
 
 K = 10
@@ -240,3 +255,159 @@ async def test_the_bound_is_identical_after_a_crash_and_replay(tmp_path: Path) -
             break
     assert answer["plan"]["dp"]["clip_norm"] == want[4]["privacy"]["clip_norm"]
     await restarted.stop()
+
+
+# --- a real process, SIGKILLed with a complete buffer not yet published -----------------------
+
+OP = {"Authorization": f"Bearer {OPERATOR}"}
+K2 = 4
+
+
+async def http_plan(session: aiohttp.ClientSession, url: str, token: str) -> dict[str, Any]:
+    auth = {"Authorization": f"Bearer {token}"}
+    for _ in range(50):  # pace steering admits at random
+        async with session.post(
+            f"{url}/v1/devices/checkin", json={"model": "m", "eligible": True}, headers=auth
+        ) as r:
+            answer = await r.json()
+        if answer["action"] == "train":
+            plan: dict[str, Any] = answer["plan"]
+            return plan
+    raise AssertionError("never admitted")
+
+
+async def http_upload(
+    session: aiohttp.ClientSession, url: str, token: str, plan: dict[str, Any], *,
+    norm: float, rng: np.random.Generator,
+) -> None:
+    body = frame(synthetic_update(rng, norm), plan["codec"])
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Content-Type": "application/octet-stream",
+        "Idempotency-Key": str(uuid.uuid4()),
+        "Fedge-Assignment": plan["assignment_id"],
+        "Fedge-Model": "m",
+        "Fedge-Base-Version": str(plan["version"]),
+        "Fedge-Examples": "5",
+        "Fedge-Clip-Bit": str(int(norm <= plan["dp"]["clip_norm"])),
+    }
+    async with session.post(f"{url}/v1/devices/updates", data=body, headers=headers) as r:
+        assert r.status == 202, await r.text()
+
+
+async def training_version(session: aiohttp.ClientSession, url: str, at_least: int) -> int:
+    for _ in range(400):
+        async with session.get(f"{url}/v1/models/m", headers=OP) as r:
+            version = int((await r.json())["training_version"])
+        if version >= at_least:
+            return version
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"version {at_least} was not published")
+
+
+def recompute(data: Path) -> dict[int, tuple[float, dict[str, np.ndarray]]]:
+    """Every version's bound and weights, recomputed from the update log and
+    the secret seed alone, as an uninterrupted run computes them."""
+    db = sqlite3.connect(data / "fedge.sqlite3")
+    seed = int(db.execute("SELECT seed FROM privacy_secrets WHERE model='m'").fetchone()[0], 16)
+    db.close()
+    log = UpdateLog(data / "log", fsync=False)
+    log.open()
+    records = list(log.replay(0))
+    log.close()
+    dp = DPConfig.from_dict(DP)
+    assert dp.adaptive is not None
+    a = dp.adaptive
+    bound, weights = DP["clip_norm"], initial_weights()
+    out = {}
+    for step in range(len(records) // K2):
+        version = step + 2
+        chunk = records[step * K2 : (step + 1) * K2]
+        bits = sum(int(r.header["clip_bit"]) for r in chunk)
+        reference = max(float(r.header["clip_ref"]) for r in chunk)
+        sums = {k: np.zeros(s) for k, s in SHAPES.items()}
+        for r in chunk:
+            dense = quantization.decode(r.body)
+            for k in sums:
+                sums[k] += float(r.header["weight"]) * dense[k].astype(np.float64)
+        noise = np.random.default_rng(np.random.SeedSequence([seed, version]))
+        std = dp.update_noise_multiplier * reference
+        weights = {
+            k: (weights[k].astype(np.float64) + (sums[k] + noise.normal(0.0, std, SHAPES[k])) / K2)
+            .astype(np.float32)
+            for k in SHAPES
+        }
+        count = np.random.default_rng(np.random.SeedSequence([seed, version, 1]))
+        fraction = (bits - K2 / 2 + count.normal(0.0, a.count_noise_std)) / K2 + 0.5
+        bound = bound * math.exp(-a.learning_rate * (fraction - a.target_quantile))
+        bound = min(max(bound, a.min_clip_norm), a.max_clip_norm)
+        out[version] = (bound, weights)
+    return out
+
+
+async def test_sigkill_then_replay_publishes_what_an_uninterrupted_run_computes(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    config = write_config(
+        tmp_path / "server.yaml",
+        data,
+        rate_limit={"rate_per_s": 10000.0, "burst": 10000},
+        training={"buffer_size": K2, "over_provisioning": 100.0, "dp": DP, "codec": CODEC},
+    )
+    await register_synthetic(config, SHAPES)
+    rng = np.random.default_rng(9)
+    server = start_server(data, config, tmp_path)
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(
+                f"{server.url}/v1/enrollment-tokens", json={"uses": 2}, headers=OP
+            ) as r:
+                token = (await r.json())["token"]
+            tokens = []
+            for _ in range(2):
+                async with session.post(
+                    f"{server.url}/v1/devices/enroll", json={"enrollment_token": token}
+                ) as r:
+                    tokens.append((await r.json())["device_token"])
+            for version in (1, 2, 3):  # three steps published
+                for i in range(K2):
+                    plan = await http_plan(session, server.url, tokens[i % 2])
+                    assert plan["version"] == version
+                    norm = float(rng.lognormal(0.0, NORM_SIGMA))
+                    await http_upload(session, server.url, tokens[i % 2], plan, norm=norm, rng=rng)
+                await training_version(session, server.url, version + 1)
+            # A fourth complete buffer, acknowledged while publication is paused.
+            plans = [await http_plan(session, server.url, tokens[i % 2]) for i in range(K2)]
+            async with session.post(f"{server.url}/v1/models/m/pause", headers=OP) as r:
+                assert r.status == 200
+            for i, plan in enumerate(plans):
+                norm = float(rng.lognormal(0.0, NORM_SIGMA))
+                await http_upload(session, server.url, tokens[i % 2], plan, norm=norm, rng=rng)
+    finally:
+        os.kill(server.proc.pid, signal.SIGKILL)
+        server.proc.wait()
+
+    server = start_server(data, config, tmp_path)
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"{server.url}/v1/models/m/resume", headers=OP) as r:
+                assert r.status == 200
+            assert await training_version(session, server.url, 5) == 5  # replayed
+            async with session.get(f"{server.url}/v1/models/m", headers=OP) as r:
+                info = await r.json()
+    finally:
+        assert stop_server(server) == 0
+
+    want = recompute(data)
+    assert sorted(want) == [2, 3, 4, 5]
+    by_version = {v["version"]: v for v in info["versions"]}
+    blobs = BlobStore(data / "blobs")
+    for version, (bound, weights) in want.items():
+        row = by_version[version]
+        assert row["privacy"]["clip_norm"] == pytest.approx(bound, rel=1e-12), version
+        got = quantization.decode_weights(blobs.get(row["weights_sha256"]), expected=SHAPES)
+        for k in SHAPES:
+            np.testing.assert_allclose(got[k], weights[k], rtol=1e-6, atol=1e-6)
+    assert info["privacy"]["clip_norm"] == pytest.approx(want[5][0], rel=1e-12)
+    assert len({b for b, _ in want.values()}) == 4  # the bound moved at every step
