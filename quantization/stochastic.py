@@ -44,6 +44,13 @@ class Quantized:
         return SCALE_FLOAT16 if self.scales.dtype == np.float16 else SCALE_FLOAT32
 
 
+def scale_dtype(code: int) -> np.dtype[Any]:
+    """The stored (little-endian) dtype of a scale dtype code."""
+    if code not in _SCALE_DTYPES:
+        raise CodecError(f"unknown scale dtype code {code}")
+    return _SCALE_DTYPES[code]
+
+
 def num_chunks(count: int, chunk_size: int) -> int:
     return (count + chunk_size - 1) // chunk_size
 

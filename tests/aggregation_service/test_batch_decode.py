@@ -16,9 +16,9 @@ from quantization import batch
 SHAPES = {"kernel": (60, 50), "bias": (50,)}
 
 
-def frame(seed: int, **spec: Any) -> bytes:
+def frame(seed: int, scale: float = 1e-2, **spec: Any) -> bytes:
     rng = np.random.default_rng(seed)
-    update = {k: (rng.standard_t(3, size=s) * 1e-2).astype(np.float32) for k, s in SHAPES.items()}
+    update = {k: (rng.standard_t(3, size=s) * scale).astype(np.float32) for k, s in SHAPES.items()}
     return q.encode(update, q.CodecSpec(**spec), seed=seed).payload
 
 
@@ -77,6 +77,7 @@ MIXED = [
     {"density": 0.1, "values": "float32", "index_coding": "varint"},
     {"density": 0.5, "bits": 8, "index_coding": "bitmap"},
     {"bits": 8},  # dense
+    {"density": 0.05, "bits": 8, "scale": 1e6},  # chunks beyond float16: float32 scales
 ]
 
 
@@ -95,13 +96,17 @@ def test_a_mixed_batch_sums_bit_for_bit_like_frame_by_frame(acc_dtype: Any) -> N
     assert same_bits(acc, expected_acc)
 
 
-@pytest.mark.parametrize("same_spec", [True, False], ids=["one-rice-parameter", "mixed"])
+@pytest.mark.parametrize(
+    "same_spec",
+    [{"density": 0.02, "bits": 8}, {"density": 0.02, "bits": 8, "scale": 1e6}, None],
+    ids=["one-rice-parameter", "float32-scales", "mixed"],
+)
 def test_rice_and_stochastic_batches_take_the_batched_path(
-    no_fallback: None, same_spec: bool
+    no_fallback: None, same_spec: dict[str, Any] | None
 ) -> None:
     specs = [m for m in MIXED if "index_coding" not in m and "values" not in m]
-    if same_spec:
-        specs = [{"density": 0.02, "bits": 8}]
+    if same_spec is not None:
+        specs = [same_spec]
     frames = [frame(i, **specs[i % len(specs)]) for i in range(20)]
     weights = [1.0 + i / 7 for i in range(20)]
     expected_acc = zeros()
@@ -112,6 +117,34 @@ def test_rice_and_stochastic_batches_take_the_batched_path(
     acc = zeros()
     assert batched(frames, weights, acc) == one_by_one_outcomes
     assert same_bits(acc, expected_acc)
+
+
+@pytest.mark.parametrize("budget", [1, 6000, 20000])
+def test_sub_batches_bound_the_work_and_keep_the_order(
+    monkeypatch: pytest.MonkeyPatch, budget: int
+) -> None:
+    """A batch is cut into sub-batches of at most ``_BATCH_BYTES`` of frames
+    (one frame at least), so summing queued dense frames never allocates a
+    multiple of the model; the sums stay those of one frame at a time."""
+    monkeypatch.setattr(batch, "_BATCH_BYTES", budget)
+    calls: list[int] = []
+    plan = batch._plan
+
+    def counting(payloads: Any, *args: Any) -> Any:
+        calls.append(len(payloads))
+        return plan(payloads, *args)
+
+    monkeypatch.setattr(batch, "_plan", counting)
+    frames = [frame(i, **MIXED[i % len(MIXED)]) for i in range(2 * len(MIXED))]
+    frames.insert(5, b"garbage frame")
+    weights = [0.5 + i for i in range(len(frames))]
+    expected_acc, acc = zeros(), zeros()
+    want = one_by_one(frames, weights, expected_acc, limit=14)
+    assert batched(frames, weights, acc, limit=14) == want
+    assert same_bits(acc, expected_acc)
+    assert len(calls) > 1 and sum(calls) == len(want)
+    if budget == 1:
+        assert calls == [1] * len(want)
 
 
 def test_a_norm_bound_is_decided_per_frame_exactly_as_decode_into_does() -> None:
@@ -204,6 +237,26 @@ def test_forged_rice_streams_are_refused_like_decode_into() -> None:
         assert same_bits(acc, expected_acc)
         outcomes.append(want[1])
     assert any(o is not None for o in outcomes)  # the forgeries did hit the checks
+
+
+@pytest.mark.parametrize("scale", [b"\x00\x7e", b"\x00\x7c", b"\x00\xbc"], ids=["nan", "inf", "-1"])
+def test_a_forged_scale_is_refused_like_decode_into(scale: bytes) -> None:
+    from quantization import frame as frames_mod
+
+    parsed = frames_mod.parse(frame(0, density=0.02, bits=8), expected=SHAPES)
+    sections: list[bytes] = []
+    for e, ix, vs in parsed.sections():
+        values = bytes(vs)
+        if e.name == "kernel":  # its first float16 scale
+            values = scale + values[2:]
+        sections += [bytes(ix), values]
+    forged = frames_mod.build(frames_mod.UPDATE, parsed.spec, list(parsed.entries), sections, 3)
+    frames = [frame(1, density=0.02, bits=8), forged, frame(2, density=0.02, bits=8)]
+    expected_acc, acc = zeros(), zeros()
+    want = one_by_one(frames, [1.0, 1.0, 1.0], expected_acc)
+    assert want[1] is not None and "scale" in want[1]
+    assert batched(frames, [1.0, 1.0, 1.0], acc) == want
+    assert same_bits(acc, expected_acc)
 
 
 def test_frames_and_weights_must_pair_up() -> None:
