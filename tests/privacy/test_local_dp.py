@@ -192,6 +192,11 @@ CLIPPING_CODEC = {"density": 1.0, "bits": 8, "clip_norm": 1.0}
         ),
         ({"dp": {**ADAPTIVE, "clip_norm": None}, "codec": LOSSLESS}, "noise without clipping"),
         ({"dp": ADAPTIVE, "codec": LOSSLESS}, "codec.clip_norm: not set"),
+        # fedge's codec always clips first; a spec cannot reorder the stages.
+        (
+            {"dp": ADAPTIVE, "codec": {**CLIPPING_CODEC, "stages": ["sparsify", "clip"]}},
+            "unknown key(s) 'stages'",
+        ),
     ],
 )
 async def test_guarantee_breaking_dp_config_is_refused_through_patch(
