@@ -30,6 +30,12 @@ class Session:
     last_seen: float
 
 
+def _plausible(session_id: str) -> bool:
+    """Could this cookie value be one of our ids? They are short URL-safe ASCII;
+    a client can send any bytes, which must not reach the hash as text."""
+    return 0 < len(session_id) <= 128 and session_id.isascii()
+
+
 def _key(session_id: str) -> str:
     # Looked up by digest, so a dict probe reveals nothing about stored ids.
     return hashlib.sha256(session_id.encode()).hexdigest()
@@ -66,7 +72,7 @@ class Sessions:
 
     def get(self, session_id: str | None) -> Session | None:
         """The live session for a cookie value (its idle deadline pushed back), or None."""
-        if not session_id or len(session_id) > 128:
+        if session_id is None or not _plausible(session_id):
             return None
         key = _key(session_id)
         session = self._by_key.get(key)
@@ -81,7 +87,7 @@ class Sessions:
         return session
 
     def drop(self, session_id: str) -> bool:
-        return self._by_key.pop(_key(session_id), None) is not None
+        return _plausible(session_id) and self._by_key.pop(_key(session_id), None) is not None
 
     @staticmethod
     def csrf_matches(session: Session, presented: str | None) -> bool:

@@ -263,6 +263,35 @@ async def test_bad_login_bodies(
     assert "Set-Cookie" not in r.headers
 
 
+async def test_undecodable_cookie_bytes_are_no_session(make_env: EnvFactory) -> None:
+    """A raw Cookie header with invalid UTF-8: 401 on data, the form on /, and a
+    login that replaces it works (no 500 anywhere)."""
+    import asyncio
+
+    env = await make_env(register=False)
+    host, port = env.client.host, env.client.port
+
+    async def raw(request: bytes) -> bytes:
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(request)
+        await writer.drain()
+        answer = await reader.read()
+        writer.close()
+        return answer
+
+    cookie = b"Cookie: fedge_session=\xff\xfe\xc3\r\n"
+    end = b"Host: x\r\nConnection: close\r\n"
+    state = await raw(b"GET /dashboard/api/state HTTP/1.1\r\n" + cookie + end + b"\r\n")
+    assert state.startswith(b"HTTP/1.1 401")
+    page = await raw(b"GET / HTTP/1.1\r\n" + cookie + end + b"\r\n")
+    assert page.startswith(b"HTTP/1.1 200") and b'action="/login"' in page
+    body = f"token={OPERATOR}".encode()
+    form = b"Content-Type: application/x-www-form-urlencoded\r\n"
+    length = f"Content-Length: {len(body)}\r\n".encode()
+    login = await raw(b"POST /login HTTP/1.1\r\n" + cookie + form + length + end + b"\r\n" + body)
+    assert login.startswith(b"HTTP/1.1 303") and b"Set-Cookie: fedge_session=" in login
+
+
 @pytest.mark.parametrize("origin", ["http://evil.example", "null", "http://[::1", "x" * 300])
 async def test_cross_origin_login_is_refused(make_env: EnvFactory, origin: str) -> None:
     env = await make_env(register=False)

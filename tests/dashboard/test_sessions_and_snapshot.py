@@ -16,6 +16,7 @@ def test_sessions_expire_idle_and_old_and_evict_the_oldest() -> None:
     s = Sessions(clock, idle_s=10, max_age_s=25, capacity=2)
     a, session_a = s.create()
     assert s.get(a) is session_a and s.get("") is None and s.get("x" * 200) is None
+    assert s.get("\udcff\udcfe") is None and not s.drop("é" * 8)  # undecodable cookie bytes
     clock.advance(9)
     assert s.get(a) is session_a  # touched: idle deadline now 19
     clock.advance(9)
