@@ -43,7 +43,6 @@ import enum
 import hashlib
 import logging
 import math
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -114,7 +113,7 @@ def _abandon_reason(phase: Phase, detail: str) -> str:
     return "inconsistent_shares" if "commitment" in detail else "too_few_unmask_shares"
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity
 class SecAggRound:
     """One round's protocol state, phase clock and outboxes (memory only)."""
 
@@ -179,7 +178,7 @@ class SecAggRounds:
 
     def __init__(self, service: AggregationService) -> None:
         self._svc = service
-        self._rounds: OrderedDict[str, SecAggRound] = OrderedDict()  # by round id
+        self._rounds: dict[str, SecAggRound] = {}  # by round id, oldest first
         self._current: dict[str, SecAggRound] = {}  # model → its open round
 
     # --- opening and joining --------------------------------------------------------
@@ -208,9 +207,13 @@ class SecAggRounds:
             ends_at={p: start_at + o for p, o in offsets.items()},
         )
         self._rounds[rnd.round_id] = rnd
-        while len(self._rounds) > RECENT_ROUNDS + len(self._current) + 1:
-            self._rounds.popitem(last=False)
         self._current[rt.name] = rnd
+        # Remember a few finished rounds (late pollers get 409, not 404); never
+        # forget an open one.
+        open_now = {id(r) for r in self._current.values()}
+        finished = [rid for rid, r in self._rounds.items() if id(r) not in open_now]
+        for rid in finished[: max(0, len(finished) - RECENT_ROUNDS)]:
+            del self._rounds[rid]
         self._svc._spawn(self._drive(rt, rnd))
         log.info("model %s: secure aggregation round %s opened (%d parameters)",
                  rt.name, rnd.round_id, length)
