@@ -127,6 +127,24 @@ def test_a_mapped_test_that_does_not_exist_is_reported() -> None:
     assert check_docs.missing_nodes({here, gone, elsewhere}) == sorted([gone, elsewhere])
 
 
+def test_a_run_fails_on_exit_status_missing_output_or_a_failed_check(tmp_path: Path) -> None:
+    sandbox = check_docs.Sandbox(tmp_path)
+    sandbox.work.mkdir()
+    sandbox.env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    sandbox.url = "http://127.0.0.1:9"
+
+    def run(text: str, rule: object) -> str | None:
+        result: str | None = sandbox.shell(check_docs.Command("docs/x.md", 1, text), rule)
+        return result
+
+    assert run("echo ready", check_docs.Run(expect="ready")) is None
+    assert "exit 3" in (run("exit 3", check_docs.Run()) or "")
+    assert "lacks /done/" in (run("echo ready", check_docs.Run(expect="done")) or "")
+    assert "exit 1" in (run("touch made", check_docs.Run(then="test -s made")) or "")
+    # The documented server address becomes the sandbox's.
+    assert run("echo http://127.0.0.1:8080/x", check_docs.Run(expect=":9/x")) is None
+
+
 def test_every_page_is_covered_by_the_rules() -> None:
     """The fast half of the check: every command has a rule (no run needed)."""
     matched, problems = check_docs.collect()
