@@ -156,6 +156,10 @@ async def read_json(request: web.Request) -> dict[str, Any]:
         data = json.loads(raw or b"{}")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise bad_request("bad_json", f"body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        # json's C parser recurses per nesting level; a body of thousands of
+        # "[" is a client's mistake (or probe), not a server fault.
+        raise bad_request("bad_json", "body is nested too deeply") from exc
     if not isinstance(data, dict):
         raise bad_request("bad_json", "body must be a JSON object")
     return data

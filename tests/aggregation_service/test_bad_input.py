@@ -91,6 +91,7 @@ async def test_malformed_json_and_content_types(make_env: EnvFactory) -> None:
         (b"{not json", h, (400, "bad_json")),
         (b"[1, 2]", h, (400, "bad_json")),
         (b"\xff\xfe", h, (400, "bad_json")),
+        (b"[" * 60000, h, (400, "bad_json")),  # deep nesting: RecursionError in json
         (json.dumps({"eligible": True}).encode(), h, (400, "bad_field")),
         (json.dumps({"model": "m", "eligible": "yes"}).encode(), h, (400, "bad_field")),
         (
