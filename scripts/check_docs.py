@@ -43,6 +43,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -635,6 +636,35 @@ def _wait_for_port(path: Path, proc: subprocess.Popen[bytes], timeout: float = 1
     raise RuntimeError(f"no port in {path} after {timeout:.0f} s")
 
 
+Step = tuple[Command, Run, "Command | None"]  # … and the first identical command, if any
+PAGE_WORKERS = 2
+
+
+def _plan(runs: list[tuple[Command, Run]]) -> list[Step]:
+    """Runs in phase, then page order. The same command on several pages runs once;
+    agent commands depend on their page's HOME, so they are told apart by page."""
+    firsts: dict[tuple[str, str], Command] = {}
+    plan: list[Step] = []
+    for cmd, run in sorted(runs, key=lambda item: item[1].phase):  # stable: page order
+        key = (cmd.doc if cmd.text.startswith("fedge agent") else "", cmd.text)
+        plan.append((cmd, run, firsts.get(key)))
+        firsts.setdefault(key, cmd)
+    return plan
+
+
+def _run_in_order(sandbox: Sandbox, steps: list[Step], failures: list[str]) -> None:
+    for cmd, run, same_as in steps:
+        if same_as is not None:
+            print(f"same       {cmd.doc}:{cmd.line} (run as {same_as.doc}:{same_as.line})")
+            continue
+        t0 = time.monotonic()
+        error = sandbox.shell(cmd, run)
+        status = "ok  " if error is None else "FAIL"
+        print(f"{status} {time.monotonic() - t0:5.1f} s  {cmd.doc}:{cmd.line}", flush=True)
+        if error is not None:
+            failures.append(f"{cmd.doc}:{cmd.line}: {error}")  # list.append is atomic
+
+
 def _alongside(sandbox: Sandbox, cmd: Command, run: Run, failures: list[str]) -> threading.Thread:
     """Run one command in a thread while the others run in order."""
 
@@ -700,43 +730,33 @@ def main(argv: list[str] | None = None) -> int:
     )
     collector.start()
     runs = [(c, a) for c, (_, a) in matched if isinstance(a, Run)]
+    plan = _plan(runs)
     root = Path(tempfile.mkdtemp(prefix="fedge-docs-"))
     sandbox = Sandbox(root)
     started = time.monotonic()
     try:
         sandbox.start()
-        done: dict[tuple[str, str], Command] = {}
         parallel = [_alongside(sandbox, cmd, run, failures) for cmd, run in runs if run.alongside]
-        runs = [(cmd, run) for cmd, run in runs if not run.alongside]
-        for cmd, run in sorted(runs, key=lambda item: item[1].phase):  # stable: page order
-            # The same command on several pages runs once; agent commands depend on
-            # their page's HOME, so they are told apart by page.
-            scope = cmd.doc if cmd.text.startswith("fedge agent") else ""
-            first = done.get((scope, cmd.text))
-            if first is not None:
-                print(f"ok      —    {cmd.doc}:{cmd.line} (as {first.doc}:{first.line})")
-                continue
-            t0, cpu0 = time.monotonic(), _children_cpu()
-            error = sandbox.shell(cmd, run)
-            if error is None:
-                done[(scope, cmd.text)] = cmd
-            took, cpu = time.monotonic() - t0, _children_cpu() - cpu0
-            print(
-                f"{'ok  ' if error is None else 'FAIL'} {took:5.1f} s ({cpu:4.1f} s CPU)  "
-                f"{cmd.doc}:{cmd.line}"
-            )
-            if error is not None:
-                failures.append(f"{cmd.doc}:{cmd.line}: {error}")
+        plan = [step for step in plan if not step[1].alongside]
+        # Phases 0 and 1 (tokens, the export, pushes) in page order; then each page's
+        # commands in order, pages side by side: they share only the server, and their
+        # config patches are valid in any order.
+        _run_in_order(sandbox, [step for step in plan if step[1].phase < 2], failures)
+        pages: dict[str, list[Step]] = {}
+        for step in plan:
+            if step[1].phase == 2:
+                pages.setdefault(step[0].doc, []).append(step)
+        with ThreadPoolExecutor(PAGE_WORKERS, thread_name_prefix="docs-page") as pool:
+            list(pool.map(lambda steps: _run_in_order(sandbox, steps, failures), pages.values()))
         for thread in [*parallel, collector]:
             thread.join()
     finally:
         sandbox.stop()
         if not failures:
             shutil.rmtree(root, ignore_errors=True)
-    ran = len(runs) + len(parallel)
     print(
-        f"{ran} commands run, {len(matched) - ran} mapped to "
-        f"{len(nodes)} tests, {time.monotonic() - started:.0f} s"
+        f"{len(runs)} commands run, {len(matched) - len(runs)} mapped to {len(nodes)} tests; "
+        f"{time.monotonic() - started:.0f} s, {_children_cpu():.0f} s of CPU in the commands"
     )
     if failures:
         print("\n".join(failures), file=sys.stderr)
