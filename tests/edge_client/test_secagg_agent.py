@@ -204,6 +204,44 @@ async def test_a_device_lost_after_its_masked_input_is_recovered(
     await check_mean(service, list(Recording.sent))  # all five inputs are in the sum
 
 
+async def test_beyond_the_threshold_no_version_is_published_and_a_new_round_opens(
+    secagg_service: tuple[LiveService, ManualClock], tmp_path: Path, digits_dir: Path
+) -> None:
+    live, clock = secagg_service
+    Recording.sent.clear()
+    agents = await make_agents(live, tmp_path, digits_dir, 5, cut=3)  # k = 4, t = 3
+    tasks = [asyncio.ensure_future(one_round(a)) for a in agents]
+    done = await asyncio.gather(*tasks[3:])  # two answer the unmask request
+    assert [r.outcome for r in done] == [UPLOADED] * 2
+    assert len(Recording.sent) == 5  # every masked input arrived
+    for task in tasks[:3]:
+        task.cancel()
+    await asyncio.gather(*tasks[:3], return_exceptions=True)
+    service = live.app[SERVICE]
+    old_round = service.secagg.current(MODEL)
+    assert old_round is not None
+    clock.advance(661.0)  # unmask deadline: two shares per secret, threshold three
+    for _ in range(200):
+        if service.secagg.current(MODEL) is None:
+            break
+        await asyncio.sleep(0.02)
+    await service.wait_idle()
+    assert await service.store.run(service.store.version, MODEL, 2) is None
+    resp = await live.transport.request("GET", "/metrics")
+    assert 'outcome="too_few_unmask_shares"} 1' in resp.body.decode()
+    assert old_round.reason == "too_few_unmask_shares"
+    # The next check-in opens a new round, with fresh keys, from the same version.
+    assert agents[4].identity is not None
+    client = ProtocolClient(HttpTransport(live.url), agents[4].identity.device_token)
+    answer = await client.checkin({"model": MODEL, "eligible": True})
+    await client.transport.close()
+    assert answer.plan is not None and answer.plan.version == 1
+    assert answer.plan.secagg is not None
+    assert answer.plan.secagg["round_id"] != old_round.round_id
+    for a in agents:
+        await a.close()
+
+
 async def until_version(live: LiveService, version: int) -> dict[str, Any]:
     """The model once ``version`` is published (the sum is computed and
     published after the last unmask answer, in the background)."""
