@@ -51,21 +51,14 @@ def _cell(text: object) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
-def _auth(op: dict[str, Any], schemes: dict[str, Any]) -> str:
+def _auth(op: dict[str, Any]) -> str:
+    """The scheme names, as listed under Authentication: `a` or `b and c`."""
     security = op.get("security")
     if not security:  # absent or [] (an explicit "no auth")
         return "none"
-    names: list[str] = []
-    for alternative in security:
-        parts = []
-        for name in alternative:
-            scheme = schemes.get(name, {})
-            kind = scheme.get("scheme") or scheme.get("type") or "?"
-            where = scheme.get("in")
-            detail = f"{kind} in {where} `{scheme.get('name')}`" if where else kind
-            parts.append(f"`{name}` ({detail})")
-        names.append(" and ".join(parts) if parts else "none")
-    return " or ".join(names)
+    return " or ".join(
+        " and ".join(f"`{name}`" for name in alternative) or "none" for alternative in security
+    )
 
 
 def _body(op: dict[str, Any]) -> str:
@@ -117,7 +110,7 @@ def render(doc: dict[str, Any]) -> str:
             op = paths[path].get(method)
             if op is not None:
                 out.append(
-                    f"| {method.upper()} | `{path}` | {_cell(_auth(op, schemes))} "
+                    f"| {method.upper()} | `{path}` | {_cell(_auth(op))} "
                     f"| {_cell(op.get('summary', ''))} |"
                 )
     out.append("")
@@ -132,7 +125,7 @@ def render(doc: dict[str, Any]) -> str:
                 out += [_cell(op["summary"]), ""]
             if op.get("description"):
                 out += [str(op["description"]).strip(), ""]
-            out.append(f"- auth: {_auth(op, schemes)}")
+            out.append(f"- auth: {_auth(op)}")
             params = _params(op, item.get("parameters", []))
             if params:
                 out.append("- parameters: " + "; ".join(params))
