@@ -222,6 +222,21 @@ class SecAggRounds:
     def current(self, model: str) -> SecAggRound | None:
         return self._current.get(model)
 
+    def describe(self, model: str) -> dict[str, Any] | None:
+        """The open round for the operator: phase, counts, deadlines (never a
+        device's message)."""
+        rnd = self._current.get(model)
+        if rnd is None:
+            return None
+        return {
+            "round_id": rnd.round_id,
+            "phase": rnd.phase.value,
+            "selected": len(rnd.participants),
+            "target": rnd.target,
+            "sent": {p.value: len(d) for p, d in rnd.answered.items()},
+            "deadlines_at": {p.value: round(t, 3) for p, t in rnd.ends_at.items()},
+        }
+
     def admission(self, model: str, device: str) -> float | None:
         """None if ``device`` may join the model's open round, else how long
         to wait (until the round is over)."""

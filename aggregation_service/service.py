@@ -755,6 +755,8 @@ class AggregationService:
             },
             "outstanding_assignments": len(rt.open_assignments),
             "rounds_abandoned": row.rounds_abandoned,
+            # The open secure aggregation round (phase, selected, sent), if any.
+            "secagg_round": self.secagg.describe(name),
             "num_updates": updates,
             "num_devices": devices,
             "versions": [v.to_json() for v in versions],

@@ -168,6 +168,8 @@ async def test_a_round_publishes_the_mean_of_the_inputs(make_env: EnvFactory) ->
     await env.service.wait_idle()
     row = await version(env.service, 2)
     assert row is not None and row.num_updates == 5 and row.num_devices == 5
+    r = await env.client.get("/v1/models/m", headers=env.op)
+    assert (await r.json())["secagg_round"] is None  # nothing open until the next check-in
     got, want = await published(env.service, 2), expected_after(vectors)
     for name in SHAPES:
         np.testing.assert_allclose(got[name], want[name], rtol=0, atol=tolerance(5))
@@ -277,6 +279,11 @@ async def test_bad_messages_are_refused_and_the_round_still_completes(
     # ... other keys for the same step are a replay attack, refused.
     await refused(wires[0], "keys", SecAggClient(wires[0].device.device_id).advertise_keys(),
                   409, "already_sent")
+    r = await env.client.get("/v1/models/m", headers=env.op)
+    state = (await r.json())["secagg_round"]
+    assert state["round_id"] == wires[0].secagg["round_id"]
+    assert (state["phase"], state["selected"], state["target"]) == ("keys", 5, 5)
+    assert state["sent"] == {"keys": 1}
 
     vectors = inputs(5, seed=3)
     for w in wires[1:]:
