@@ -754,8 +754,10 @@ def main(argv: list[str] | None = None) -> int:
         sandbox.stop()
         if not failures:
             shutil.rmtree(root, ignore_errors=True)
+    repeats = sum(1 for step in plan if step[2] is not None)
     print(
-        f"{len(runs)} commands run, {len(matched) - len(runs)} mapped to {len(nodes)} tests; "
+        f"{len(runs) - repeats} commands run ({repeats} more repeat them), "
+        f"{len(matched) - len(runs)} mapped to {len(nodes)} tests; "
         f"{time.monotonic() - started:.0f} s, {_children_cpu():.0f} s of CPU in the commands"
     )
     if failures:
