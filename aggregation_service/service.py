@@ -214,6 +214,9 @@ class _Intake:
     round_deadline: float | None = None
     max_norm: float | None = None  # adaptive DP: the bound of the update's base version
     clip_ref: float | None = None  # adaptive DP: the bound the weight was scaled to
+    # The store's answer for the idempotency key (None: not published), asked
+    # when the upload arrived and answered while it waits for the intake.
+    published: asyncio.Future[str | None] | None = None
 
 
 class _KeyLookups:
@@ -229,11 +232,18 @@ class _KeyLookups:
 
     async def published(self, key: str) -> str | None:
         """The update id the store has for ``key``, or None."""
+        return await self.lookup(key)
+
+    def lookup(self, key: str) -> asyncio.Future[str | None]:
+        """``published`` without waiting: the future of the store's answer."""
         future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        # An upload refused before it reads the answer must not leave a
+        # "never retrieved" store error behind.
+        future.add_done_callback(_retrieved)
         self._waiting.setdefault(key, []).append(future)
         if self._task is None or self._task.done():
             self._task = self._spawn(self._run())
-        return await future
+        return future
 
     def _lookup(self, keys: list[str]) -> list[str | None]:
         return [self._store.published_key(k) for k in keys]  # on the store's thread
@@ -268,6 +278,11 @@ def _tighter(a: float | None, b: float | None) -> float | None:
     if a is None or b is None:
         return a if b is None else b
     return min(a, b)
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _follow(first: asyncio.Future[Any], item: _Intake) -> None:
@@ -1127,63 +1142,24 @@ class AggregationService:
     async def accept_update(self, req: UpdateRequest) -> UpdateReceipt:
         started = time.perf_counter()
         rt = self.runtime(req.model)
-        dup = await self._duplicate(rt, req.idempotency_key)
+        dup = await self._duplicate(rt, req.idempotency_key, ask_store=False)
         if dup is not None:
             return dup
-        cfg = rt.config
-        open_a = rt.open_assignments.get(req.assignment_id)
-        if open_a is None:
-            row = await self.store.run(self.store.assignment, req.assignment_id)
-            if row is None or row.device_id != req.device_id or row.model != req.model:
-                raise self._reject(
-                    conflict(
-                        "unknown_assignment",
-                        f"no assignment {req.assignment_id!r} for this device and model",
-                    )
-                )
-            # Open assignments leave memory only when an update is accepted for
-            # them or their deadline + grace passes (the store's state lags behind).
-            expired = row.deadline_at + cfg.deadline_grace_s < self.clock.time()
-            if row.state == "reported" or not expired:
-                raise self._reject(
-                    conflict(
-                        "assignment_used",
-                        "this assignment already has an accepted update "
-                        "(with another idempotency key)",
-                    )
-                )
-            raise self._reject(
-                conflict(
-                    "deadline_passed",
-                    f"assignment {req.assignment_id} expired at {row.deadline_at:.0f}",
-                )
-            )
-        if open_a.device_id != req.device_id:
-            raise self._reject(
-                conflict(
-                    "unknown_assignment",
-                    f"no assignment {req.assignment_id!r} for this device and model",
-                )
-            )
-        if open_a.version != req.base_version:
-            raise self._reject(
-                bad_request(
-                    "bad_header",
-                    f"Fedge-Base-Version {req.base_version} is not the assignment's "
-                    f"version {open_a.version}",
-                )
-            )
+        # The store's answer for the key comes while the upload waits for the
+        # intake (which reads it before admitting the upload), not before.
+        published = self._key_lookups.lookup(req.idempotency_key)
         now = self.clock.time()
-        if now > open_a.deadline_at + cfg.deadline_grace_s:
-            raise self._reject(
-                conflict(
-                    "deadline_passed",
-                    f"the report deadline passed {now - open_a.deadline_at:.0f} s ago "
-                    f"(grace {cfg.deadline_grace_s:.0f} s)",
-                )
-            )
+        checked = await self._check_assignment(rt, req, now)
+        if isinstance(checked, ApiError):
+            # A retry of an update folded into a version long ago (its
+            # assignment is gone): still the same answer, not a refusal.
+            update_id = await published
+            if update_id is not None:
+                self.metrics.updates_duplicate.inc(rt.name)
+                return UpdateReceipt(update_id, True)
+            raise self._reject(checked)
         base_manifest = await self._manifest(req.model, req.base_version)
-        item = _Intake(req, open_a, codec.expected_for(base_manifest), now)
+        item = _Intake(req, checked, codec.expected_for(base_manifest), now, published=published)
         rt.intake.append(item)
         if rt.intake_task is None or rt.intake_task.done():
             rt.intake_task = self._spawn(self._intake_loop(rt))
@@ -1205,6 +1181,50 @@ class AggregationService:
         self.metrics.ack_seconds.observe(time.perf_counter() - started)
         return UpdateReceipt(update_id, False)
 
+    async def _check_assignment(
+        self, rt: ModelRuntime, req: UpdateRequest, now: float
+    ) -> OpenAssignment | ApiError:
+        """The open assignment this upload reports on, or why it cannot."""
+        cfg = rt.config
+        open_a = rt.open_assignments.get(req.assignment_id)
+        if open_a is None:
+            row = await self.store.run(self.store.assignment, req.assignment_id)
+            if row is None or row.device_id != req.device_id or row.model != req.model:
+                return conflict(
+                    "unknown_assignment",
+                    f"no assignment {req.assignment_id!r} for this device and model",
+                )
+            # Open assignments leave memory only when an update is accepted for
+            # them or their deadline + grace passes (the store's state lags behind).
+            expired = row.deadline_at + cfg.deadline_grace_s < self.clock.time()
+            if row.state == "reported" or not expired:
+                return conflict(
+                    "assignment_used",
+                    "this assignment already has an accepted update (with another idempotency key)",
+                )
+            return conflict(
+                "deadline_passed",
+                f"assignment {req.assignment_id} expired at {row.deadline_at:.0f}",
+            )
+        if open_a.device_id != req.device_id:
+            return conflict(
+                "unknown_assignment",
+                f"no assignment {req.assignment_id!r} for this device and model",
+            )
+        if open_a.version != req.base_version:
+            return bad_request(
+                "bad_header",
+                f"Fedge-Base-Version {req.base_version} is not the assignment's "
+                f"version {open_a.version}",
+            )
+        if now > open_a.deadline_at + cfg.deadline_grace_s:
+            return conflict(
+                "deadline_passed",
+                f"the report deadline passed {now - open_a.deadline_at:.0f} s ago "
+                f"(grace {cfg.deadline_grace_s:.0f} s)",
+            )
+        return open_a
+
     # --- the intake: group decoding -----------------------------------------------------
 
     async def _intake_loop(self, rt: ModelRuntime) -> None:
@@ -1215,6 +1235,9 @@ class AggregationService:
             async with rt.lock:
                 batch, rt.intake = rt.intake, []
                 try:
+                    lookups = [i.published for i in batch if i.published is not None]
+                    if not all(f.done() for f in lookups):
+                        await asyncio.wait(lookups)
                     await self._process_batch(rt, batch)
                 except BaseException as exc:
                     for item in batch:
@@ -1232,6 +1255,17 @@ class AggregationService:
         """Checks that depend on the buffer's state; False if the item was answered."""
         req, cfg = item.req, rt.config
         key = req.idempotency_key
+        if item.published is not None:
+            if item.published.cancelled():
+                item.future.cancel()
+                return False
+            error = item.published.exception()
+            if error is not None:  # the store failed: a 503, as for any store error
+                item.future.set_exception(error)
+                return False
+            if item.published.result() is not None:  # folded into a version long ago
+                item.future.set_result(None)
+                return False
         first = batch_keys.get(key)
         if first is not None:  # the same key twice in one batch: answer like the first
             first.future.add_done_callback(functools.partial(_follow, item=item))
@@ -1462,7 +1496,9 @@ class AggregationService:
         elif cfg.mode is AggregationMode.ASYNC and rt.buffer.count >= cfg.buffer_size:
             self._seal(rt)
 
-    async def _duplicate(self, rt: ModelRuntime, key: str) -> UpdateReceipt | None:
+    async def _duplicate(
+        self, rt: ModelRuntime, key: str, *, ask_store: bool = True
+    ) -> UpdateReceipt | None:
         recent = rt.recent_keys.get(key)
         if recent is not None:
             self.metrics.updates_duplicate.inc(rt.name)
@@ -1476,6 +1512,8 @@ class AggregationService:
                 raise ApiError(503, "storage_unavailable", str(exc)) from exc
             self.metrics.updates_duplicate.inc(rt.name)
             return UpdateReceipt(update_id, True)
+        if not ask_store:
+            return None
         published = await self._key_lookups.published(key)
         if published is not None:
             self.metrics.updates_duplicate.inc(rt.name)
