@@ -138,7 +138,7 @@ def run_scale(devices: int, hours: float, progress: bool | None = None) -> list[
         return scale_rows(work, model_dir, devices, hours, progress)
 
 
-def run(quick: bool) -> list[dict[str, Any]]:
+def run(quick: bool, *, scale: bool = True) -> list[dict[str, Any]]:
     from model_export import export_reference
 
     rows: list[dict[str, Any]] = []
@@ -148,8 +148,9 @@ def run(quick: bool) -> list[dict[str, Any]]:
         export_reference("mlp", model_dir, input_shape=(64,), classes=10)
 
         # 1. scale
-        devices, hours = (1000, 4.0) if quick else FULL_SCALE
-        rows += scale_rows(work, model_dir, devices, hours)
+        if scale:
+            devices, hours = (1000, 4.0) if quick else FULL_SCALE
+            rows += scale_rows(work, model_dir, devices, hours)
 
         # 2. time to accuracy, async vs sync, same fleet and seed
         devices, hours = (100, 12.0) if quick else (300, 24.0)
@@ -204,6 +205,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--scale-only", action="store_true",
                         help="run only the scale benchmark; keep the other rows of sim.json")
+    parser.add_argument("--no-scale", action="store_true",
+                        help="run everything but the scale benchmark; keep its rows in sim.json")
     parser.add_argument("--devices", type=int, default=FULL_SCALE[0])
     parser.add_argument("--hours", type=float, default=FULL_SCALE[1])
     parser.add_argument("--progress", action="store_true",
@@ -213,13 +216,19 @@ def main() -> int:
         parser.error("--devices must be ≥ 1 and --hours > 0")
     if (args.devices, args.hours) != FULL_SCALE and not args.scale_only:
         parser.error("--devices/--hours need --scale-only")
+    if args.scale_only and args.no_scale:
+        parser.error("--scale-only and --no-scale exclude each other")
+    try:
+        previous = json.loads(RESULTS.read_text())
+    except (OSError, ValueError):
+        previous = []
+    # A partial run replaces its own rows and keeps the others from the last run.
     if args.scale_only:
         rows = run_scale(args.devices, args.hours, True if args.progress else None)
-        try:
-            previous = json.loads(RESULTS.read_text())
-        except (OSError, ValueError):
-            previous = []
         rows += [r for r in previous if isinstance(r, dict) and r.get("benchmark") != "scale"]
+    elif args.no_scale:
+        kept = [r for r in previous if isinstance(r, dict) and r.get("benchmark") == "scale"]
+        rows = kept + run(args.quick, scale=False)
     else:
         rows = run(args.quick)
     emit(rows, RESULTS)

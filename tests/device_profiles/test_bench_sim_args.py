@@ -18,6 +18,7 @@ BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench_sim.py"
         (["--scale-only", "--hours", "-1"], "--hours > 0"),
         (["--devices", "5"], "--devices/--hours need --scale-only"),
         (["--scale-only", "--devices", "many"], "invalid int value"),
+        (["--scale-only", "--no-scale"], "exclude each other"),
     ],
 )
 def test_bad_sizes_exit_2(args: list[str], message: str) -> None:
