@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 
 from aggregation_service import dashboard
+from aggregation_service.bodies import read_capped
 from aggregation_service.config import ServiceConfig
 from aggregation_service.errors import ApiError, StorageError, bad_request, not_found
 from aggregation_service.openapi import openapi_document
@@ -128,20 +129,6 @@ async def require_device(request: web.Request, *, allow_operator: bool = False) 
             headers={"Retry-After": str(max(1, round(wait + 0.5)))},
         )
     return device
-
-
-async def read_capped(request: web.Request, cap: int) -> bytes:
-    """The whole body, refusing (413) anything over ``cap`` bytes without buffering it."""
-    if request.content_length is not None and request.content_length > cap:
-        raise ApiError(
-            413, "too_large", f"body of {request.content_length} bytes exceeds the limit of {cap}"
-        )
-    data = bytearray()
-    async for chunk in request.content.iter_chunked(1 << 16):
-        data.extend(chunk)
-        if len(data) > cap:
-            raise ApiError(413, "too_large", f"body exceeds the limit of {cap} bytes")
-    return bytes(data)
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from aggregation_service.bodies import read_capped
 from aggregation_service.dashboard.sessions import Session, Sessions
 from aggregation_service.dashboard.state import build_state, to_json
 from aggregation_service.errors import ApiError, bad_request
@@ -121,17 +122,6 @@ def _require_change(request: web.Request) -> Session:
     return session
 
 
-async def _read_body(request: web.Request, cap: int) -> bytes:
-    if request.content_length is not None and request.content_length > cap:
-        raise ApiError(413, "too_large", f"body of {request.content_length} bytes exceeds {cap}")
-    data = bytearray()
-    async for chunk in request.content.iter_chunked(1 << 14):
-        data.extend(chunk)
-        if len(data) > cap:
-            raise ApiError(413, "too_large", f"body exceeds the limit of {cap} bytes")
-    return bytes(data)
-
-
 async def _json_object(request: web.Request, *, optional: bool = False) -> dict[str, Any]:
     """The JSON object body ({} for an absent body where ``optional``)."""
     if optional and not request.can_read_body:
@@ -142,7 +132,7 @@ async def _json_object(request: web.Request, *, optional: bool = False) -> dict[
             "unsupported_media_type",
             f"expected application/json, got {request.content_type!r}",
         )
-    raw = await _read_body(request, request.app[DASHBOARD].service.config.max_json_bytes)
+    raw = await read_capped(request, request.app[DASHBOARD].service.config.max_json_bytes)
     try:
         data = json.loads(raw or b"{}")
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
@@ -183,7 +173,7 @@ async def login(request: web.Request) -> web.Response:
             "unsupported_media_type",
             "the login form posts application/x-www-form-urlencoded with a 'token' field",
         )
-    raw = await _read_body(request, _LOGIN_CAP)
+    raw = await read_capped(request, _LOGIN_CAP)
     try:
         form = urllib.parse.parse_qs(raw.decode("utf-8"), max_num_fields=4, errors="strict")
     except (UnicodeDecodeError, ValueError) as exc:
