@@ -179,6 +179,9 @@ class ModelRuntime:
     publisher: asyncio.Task[None] | None = None
     intake: list[_Intake] = field(default_factory=list)
     intake_task: asyncio.Task[None] | None = None
+    # Set while the pipelined intake waits for its one in-flight batch: the
+    # next upload to queue wakes it so that batch gets a successor at once.
+    intake_waiter: asyncio.Future[None] | None = None
     wake_publisher: asyncio.Event = field(default_factory=asyncio.Event)
 
     def staleness(self, base: int, limit: int) -> int | None:
@@ -295,6 +298,31 @@ def _follow(first: asyncio.Future[Any], item: _Intake) -> None:
         item.future.set_exception(first.exception())  # type: ignore[arg-type]
     else:
         item.future.set_result(None)  # resolved as a duplicate of the first
+
+
+# Intake batches per hold of a model's lock on the pipelined path: enough to
+# keep the decode thread busy, few enough that a rollback or config patch
+# waiting for the lock is not held off for long.
+_PIPELINE_BATCHES = 32
+# Check-in last-seen writes: at most one transaction per second, or per this many devices.
+TOUCH_FLUSH_S = 1.0
+TOUCH_FLUSH_MAX = 1024
+
+
+@dataclass
+class _Decoding:
+    """An intake batch on the decode thread: ``claim`` is the most updates it
+    can add to the open buffer."""
+
+    items: list[_Intake]
+    claim: int
+    future: asyncio.Future[list[str | None]]
+
+
+def _fail(items: list[_Intake], exc: BaseException) -> None:
+    for item in items:
+        if not item.future.done():
+            item.future.set_exception(exc)
 
 
 def _decode_batch(
@@ -1161,6 +1189,8 @@ class AggregationService:
         base_manifest = await self._manifest(req.model, req.base_version)
         item = _Intake(req, checked, codec.expected_for(base_manifest), now, published=published)
         rt.intake.append(item)
+        if rt.intake_waiter is not None and not rt.intake_waiter.done():
+            rt.intake_waiter.set_result(None)
         if rt.intake_task is None or rt.intake_task.done():
             rt.intake_task = self._spawn(self._intake_loop(rt))
         outcome = await item.future
@@ -1233,6 +1263,9 @@ class AggregationService:
         the model's lock so that summation order is log order."""
         while rt.intake:
             async with rt.lock:
+                if self._pipelined(rt):
+                    await self._pipeline(rt)
+                    continue
                 batch, rt.intake = rt.intake, []
                 try:
                     lookups = [i.published for i in batch if i.published is not None]
@@ -1244,6 +1277,121 @@ class AggregationService:
                         if not item.future.done():
                             item.future.set_exception(exc)
                     raise
+
+    @staticmethod
+    def _pipelined(rt: ModelRuntime) -> bool:
+        """The plain path (async, mean, no screening) sums straight from the
+        frames and can overlap decoding with booking; the others decode
+        densely first and stay serial."""
+        cfg = rt.config
+        return (
+            cfg.mode is AggregationMode.ASYNC
+            and cfg.aggregator is Aggregator.MEAN
+            and cfg.robust is None
+        )
+
+    @staticmethod
+    async def _arrival_or(rt: ModelRuntime, done: asyncio.Future[Any]) -> None:
+        """Wait until ``done`` completes or an upload joins the intake."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def wake(_: object) -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
+        done.add_done_callback(wake)
+        rt.intake_waiter = waiter
+        try:
+            await waiter
+        finally:
+            rt.intake_waiter = None
+            done.remove_done_callback(wake)
+
+    async def _pipeline(self, rt: ModelRuntime) -> None:
+        """Up to ``_PIPELINE_BATCHES`` intake batches under one hold of the
+        model's lock, with the next batch decoding on the decode thread while
+        the previous one is booked (logged) on the event loop.
+
+        Order: the decode thread is one FIFO worker and batches are booked in
+        submission order, so log order is still summation order and replay
+        (one ``accumulate`` per logged frame) rebuilds the same sum bit for
+        bit. A batch is queued behind an in-flight one only if both fit in
+        the open buffer even if every update succeeds (``claim``): the buffer
+        can then only seal at the booking of the last batch summed into it.
+        Admission treats in-flight uploads like earlier ones of the same
+        batch (same key: the first one's answer; same assignment: refused)."""
+        keys: dict[str, _Intake] = {}
+        assignments: set[str] = set()
+        inflight: deque[_Decoding] = deque()
+        ready: list[_Intake] = []  # admitted, not yet handed to the decode thread
+        taken = 0
+        max_norm = rt.config.update_norm_bound
+        try:
+            while True:
+                if rt.intake and taken < _PIPELINE_BATCHES and len(inflight) < 2:
+                    batch, rt.intake = rt.intake, []
+                    taken += 1
+                    try:
+                        lookups = [i.published for i in batch if i.published is not None]
+                        if not all(f.done() for f in lookups):
+                            await asyncio.wait(lookups)
+                    except BaseException as exc:
+                        _fail(batch, exc)
+                        raise
+                    ready += [i for i in batch if self._admit(rt, i, keys, assignments)]
+                if ready and len(inflight) < 2:
+                    claimed = sum(job.claim for job in inflight)
+                    room = (
+                        rt.config.buffer_size - rt.buffer.count - claimed
+                        if inflight
+                        else self._capacity(rt)
+                    )
+                    if room > 0:
+                        future = asyncio.get_running_loop().run_in_executor(
+                            self._cpu,
+                            _decode_batch,
+                            [
+                                (i.req.body, i.weight, i.expected, _tighter(i.max_norm, max_norm))
+                                for i in ready
+                            ],
+                            rt.buffer.sums,
+                            room,
+                        )
+                        inflight.append(_Decoding(ready, min(room, len(ready)), future))
+                        ready = []
+                        continue
+                if not inflight:
+                    return
+                job = inflight[0]
+                if len(inflight) < 2 and taken < _PIPELINE_BATCHES and not job.future.done():
+                    # Give the decode thread a successor as soon as an upload
+                    # queues rather than after this batch is booked.
+                    await self._arrival_or(rt, job.future)
+                    if not job.future.done():
+                        continue
+                errors: list[str | None] = await job.future
+                inflight.popleft()
+                for item, error in zip(job.items, errors, strict=False):
+                    if error is not None:
+                        item.future.set_exception(self._reject(unprocessable("bad_update", error)))
+                    else:
+                        self._book(rt, item)
+                    # Answered: from here on the buffer's own state (pending
+                    # keys, open assignments) speaks for it.
+                    if keys.get(item.req.idempotency_key) is item:
+                        del keys[item.req.idempotency_key]
+                    assignments.discard(item.req.assignment_id)
+                # The buffer filled part-way: the rest go first into the next one.
+                ready = job.items[len(errors) :] + ready
+        except BaseException as exc:
+            # A failure of the decode itself (not of one frame): nothing in
+            # flight may keep writing into the sum unobserved.
+            for job in inflight:
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(job.future)
+                _fail(job.items, exc)
+            _fail(ready, exc)
+            raise
 
     def _admit(
         self,
