@@ -319,6 +319,24 @@ class _Decoding:
     future: asyncio.Future[list[str | None]]
 
 
+class _RandomIds:
+    """Hex ids like ``secrets.token_hex(nbytes)``, drawn from the OS in blocks:
+    one getrandom call per ``block`` ids instead of one per accepted update
+    on the event loop (≈0.07 ms each under load)."""
+
+    def __init__(self, nbytes: int, block: int = 256) -> None:
+        self._width = 2 * nbytes
+        self._block = block
+        self._hex = ""
+        self._pos = 0
+
+    def next(self) -> str:
+        if self._pos >= len(self._hex):
+            self._hex, self._pos = secrets.token_hex(self._width // 2 * self._block), 0
+        start, self._pos = self._pos, self._pos + self._width
+        return self._hex[start : self._pos]
+
+
 def _fail(items: list[_Intake], exc: BaseException) -> None:
     for item in items:
         if not item.future.done():
@@ -397,6 +415,7 @@ class AggregationService:
         self._manifest_cache: dict[tuple[str, int], Manifest] = {}
         self._push_lock = asyncio.Lock()
         self._key_lookups = _KeyLookups(self.store, self._spawn)
+        self._update_ids = _RandomIds(10)
         self._screens = privacy_hooks.Screens()  # robust: per-model anomaly scorer + policy
         self._round_updates = privacy_hooks.RoundUpdates()  # sync median / trimmed mean
         self._ledgers = privacy_hooks.Ledgers()  # DP accountants of recent versions
@@ -1593,7 +1612,7 @@ class AggregationService:
     def _book(self, rt: ModelRuntime, item: _Intake) -> None:
         """Log an update already summed into the open buffer, and seal if complete."""
         req, cfg = item.req, rt.config
-        update_id = "up-" + secrets.token_hex(10)
+        update_id = "up-" + self._update_ids.next()
         header = {
             "model": req.model,
             "update_id": update_id,

@@ -50,7 +50,14 @@ class LogRecord:
 
 
 def encode_record(header: dict[str, Any], body: bytes) -> bytes:
-    head = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
+    return _framed(_encode_header(header), body)
+
+
+def _encode_header(header: dict[str, Any]) -> bytes:
+    return json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
+
+
+def _framed(head: bytes, body: bytes) -> bytes:
     crc = zlib.crc32(body, zlib.crc32(head))
     return _HEAD.pack(MAGIC, len(head), len(body), crc) + head + body
 
@@ -91,7 +98,10 @@ def _read_records(path: Path, start: int, *, from_pos: int = 0) -> Iterator[LogR
 
 @dataclass
 class _Pending:
-    data: bytes
+    # Framed (checksum, copy into one record) on the writer thread: only the
+    # header's JSON is needed on the event loop to fix the record's length.
+    head: bytes
+    body: bytes
     roll_to: int | None  # start a new segment at this offset before writing
     future: asyncio.Future[None]
 
@@ -186,17 +196,18 @@ class UpdateLog:
         Call from the event loop; the record's place in the log is fixed on return."""
         if self._failed is not None:
             raise StorageError(f"update log is unusable after a write error: {self._failed}")
-        data = encode_record(header, body)
+        head = _encode_header(header)
+        size = _HEAD.size + len(head) + len(body)
         roll_to = None
-        if self._segment_pos > 0 and self._segment_pos + len(data) > self.segment_bytes:
+        if self._segment_pos > 0 and self._segment_pos + size > self.segment_bytes:
             roll_to = self._end
             self._segments.append(roll_to)
             self._segment_pos = 0
         offset = self._end
-        self._end += len(data)
-        self._segment_pos += len(data)
+        self._end += size
+        self._segment_pos += size
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(data, roll_to, future))
+        self._pending.append(_Pending(head, body, roll_to, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_loop())
         return offset, self._end, future
@@ -231,7 +242,7 @@ class UpdateLog:
                 self._file = (self.directory / _segment_name(item.roll_to)).open("ab")
                 if self.fsync:
                     fsync_dir(self.directory)
-            chunk.append(item.data)
+            chunk.append(_framed(item.head, item.body))
         self._file.write(b"".join(chunk))
         self._sync_file()
         self.records_written += len(batch)

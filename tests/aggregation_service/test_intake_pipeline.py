@@ -141,3 +141,10 @@ async def test_a_retry_of_an_in_flight_upload_gets_its_answer(
     assert b1["update_id"] == b2["update_id"]
     assert all(status == 202 for status, _ in results[2:])
     assert env.service.runtime("m").buffer.count == len(devices)
+
+
+def test_update_ids_drawn_in_blocks_are_distinct_fixed_width_hex() -> None:
+    ids = service_module._RandomIds(10, block=4)
+    drawn = [ids.next() for _ in range(4 * 50 + 3)]  # crosses block boundaries
+    assert len(set(drawn)) == len(drawn)
+    assert all(len(i) == 20 and int(i, 16) >= 0 for i in drawn)
