@@ -412,6 +412,11 @@ class AggregationService:
         self._digests: OrderedDict[tuple[str, int], str] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reported: list[str] = []
+        # Check-ins' (state, last seen) per device, written in one transaction
+        # at most once per TOUCH_FLUSH_S (or every TOUCH_FLUSH_MAX devices)
+        # instead of one UPDATE and WAL commit per check-in.
+        self._seen: dict[str, tuple[str, float]] = {}
+        self._seen_flushed_at = -math.inf
         self._manifest_cache: dict[tuple[str, int], Manifest] = {}
         self._push_lock = asyncio.Lock()
         self._key_lookups = _KeyLookups(self.store, self._spawn)
@@ -487,6 +492,7 @@ class AggregationService:
                 await task
         await self.log.drain()
         await self._flush_reported()
+        await self._flush_seen()
         await asyncio.get_running_loop().run_in_executor(None, self.log.close)
         await asyncio.get_running_loop().run_in_executor(None, self.store.shutdown)
         self._cpu.shutdown(wait=True)
@@ -1006,12 +1012,10 @@ class AggregationService:
         rt = self.runtime(name)
         cfg = rt.config
         eligible = bool(body.get("eligible", False))
-        await self.store.run(
-            self.store.touch_device,
-            device_id,
-            "eligible" if eligible else "ineligible",
-            self.clock.time(),
-        )
+        self._seen[device_id] = ("eligible" if eligible else "ineligible", self.clock.time())
+        if (len(self._seen) >= TOUCH_FLUSH_MAX
+                or self.clock.monotonic() - self._seen_flushed_at >= TOUCH_FLUSH_S):
+            await self._flush_seen()
 
         def wait(reason: str, retry_after: float) -> dict[str, Any]:
             self.metrics.checkins.inc("wait", reason)
@@ -1691,6 +1695,17 @@ class AggregationService:
         self.metrics.updates_rejected.inc(error.code)
         return error
 
+    async def _flush_seen(self) -> None:
+        """Write the buffered check-in states (the fleet view's state and
+        last-seen). A crash loses those since the last flush — at most the
+        sweeper's 30 s — and each device's next check-in restores its own."""
+        seen, self._seen = self._seen, {}
+        self._seen_flushed_at = self.clock.monotonic()
+        if seen:
+            await self.store.run(
+                self.store.touch_devices, [(d, st, t) for d, (st, t) in seen.items()]
+            )
+
     async def _flush_reported(self) -> None:
         ids, self._reported = self._reported, []
         if ids:
@@ -1968,6 +1983,7 @@ class AggregationService:
                 ]:
                     del rt.open_assignments[aid]
             await self._flush_reported()
+            await self._flush_seen()
             await self.store.run(self.store.expire_assignments, now)
             self.metrics.devices.values = {
                 (k,): float(v)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -384,11 +384,12 @@ class Store:
         ).fetchone()
         return str(row[0]) if row else None
 
-    def touch_device(self, device_id: str, state: str, now: float) -> None:
-        self.conn.execute(
+    def touch_devices(self, seen: Sequence[tuple[str, str, float]]) -> None:
+        """(device_id, state, last_seen) of many check-ins in one transaction."""
+        self._tx(lambda conn: conn.executemany(
             "UPDATE devices SET state = ?, last_seen = ? WHERE device_id = ?",
-            (state, now, device_id),
-        )
+            [(state, now, device_id) for device_id, state, now in seen],
+        ))
 
     def devices_by_state(self) -> dict[str, int]:
         rows = self.conn.execute("SELECT state, COUNT(*) FROM devices GROUP BY state").fetchall()

@@ -47,7 +47,7 @@ from edge_client.protocol import AGENT_VERSION, Plan, ProtocolClient
 from edge_client.retry import Backoff
 from edge_client.status import FileStatus, StatusSink
 from edge_client.storage import Identity, QueuedUpload, StateDir
-from edge_client.trainer import Trainer, TrainingJob
+from edge_client.trainer import TimedSession, Trainer, TrainingJob
 from fedge.clock import Clock
 from fedge.transport import Transport, TransportError
 
@@ -489,15 +489,24 @@ class Agent:
                         )
                     until = self.policy.next_change(eligibility, self.provider)
                     holds_until = -math.inf if until is None else until
-                if self.clock.monotonic() >= deadline:
+                now = self.clock.monotonic()
+                if now >= deadline:
                     log.info("deadline reached after %d examples; stopping early", examples)
                     break
-                step = await session.step()
-                if step is None:
+                limit = min(holds_until, deadline)
+                if limit > now and isinstance(session, TimedSession):
+                    # Nothing watched can change before `limit`: every batch that
+                    # starts before it runs as it would one by one, with one wait.
+                    steps = await session.steps_before(limit)
+                else:
+                    step = await session.step()
+                    steps = [] if step is None else [step]
+                if not steps:
                     break
-                examples += step.examples
-                batches += 1
-                losses.append(step.loss)
+                for step in steps:
+                    examples += step.examples
+                    batches += 1
+                    losses.append(step.loss)
             if examples == 0:
                 await session.abort()
                 self._to(S.WAITING_FOR_ELIGIBILITY, "nothing trained")

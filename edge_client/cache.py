@@ -5,9 +5,13 @@ A version is used only after its bytes verify: the graph against the plan's
 ``weights_sha256``, weights rebuilt from a delta against the response's
 ``Fedge-Weights-Digest`` (a hash of the values, ``quantization.weights_digest``;
 servers that do not send it: by re-encoding to the frame the plan names). A
-cached graph is re-hashed before every use, so a file corrupted on disk is
-re-downloaded, never trained on. Partial downloads live in ``cache/partial``
-and resume with ``Range``.
+cached graph is re-hashed before use whenever its identity on disk (inode,
+size, mtime) differs from when this process last verified it — after a
+restart, a rewrite, a truncation — so a file damaged that way is
+re-downloaded, never trained on; a graph unchanged since it verified is not
+re-read every round (in-place bit rot that keeps size and mtime is caught at
+the next agent start). Partial downloads live in ``cache/partial`` and resume
+with ``Range``.
 
 The current version's weights are also kept in memory (read-only arrays), so
 a device that trains on the same version again, or rebuilds the next version
@@ -76,6 +80,15 @@ class CachedModel:
     stats: DownloadStats
 
 
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    """(inode, size, mtime_ns) of a file, None if it is not there."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 class ModelCache:
     def __init__(self, state: StateDir, client: ProtocolClient) -> None:
         self.state = state
@@ -85,6 +98,11 @@ class ModelCache:
         self._index_data: dict[str, Any] | None = None
         # (model, version, weights) of the last committed version.
         self._memory: tuple[str, int, dict[str, np.ndarray]] | None = None
+        # Files this process has verified, by their identity on disk: path ->
+        # ((inode, size, mtime_ns), what was verified). A rewrite, truncation
+        # or replacement changes the identity and forces a fresh check.
+        self._verified_graphs: dict[Path, tuple[tuple[int, int, int], str]] = {}
+        self._parsed_manifests: dict[Path, tuple[tuple[int, int, int], Manifest]] = {}
 
     # index ---------------------------------------------------------------
     def _index(self) -> dict[str, Any]:
@@ -178,11 +196,18 @@ class ModelCache:
 
     async def _manifest(self, plan: Plan) -> Manifest:
         path = self._manifest_path(plan.model, plan.version)
-        if path.exists():
-            with contextlib.suppress(ManifestError, OSError):
-                manifest = Manifest.from_json(path.read_bytes())
-                if manifest.sha256 == plan.graph_sha256:
-                    return manifest
+        key = _identity(path)
+        if key is not None:
+            parsed = self._parsed_manifests.get(path)
+            if parsed is not None and parsed[0] == key:
+                manifest = parsed[1]
+            else:
+                manifest = None
+                with contextlib.suppress(ManifestError, OSError):
+                    manifest = Manifest.from_json(path.read_bytes())
+                    self._parsed_manifests[path] = (key, manifest)
+            if manifest is not None and manifest.sha256 == plan.graph_sha256:
+                return manifest
         resp = await self.client.get(plan.urls["manifest"])
         check_status(resp, "GET manifest")
         try:
@@ -198,11 +223,20 @@ class ModelCache:
 
     async def _graph(self, plan: Plan, stats: DownloadStats) -> Path:
         path = self._graph_path(plan.graph_sha256)
-        if path.exists():
-            if sha256_hex(path.read_bytes()) == plan.graph_sha256:
+        key = _identity(path)
+        if key is not None:
+            # Hashed again whenever the file's identity changed since this
+            # process last hashed it (any write to it does; the agent never
+            # writes a graph in place): a graph corrupted on disk is
+            # re-downloaded, never trained on, without re-reading megabytes
+            # per round.
+            verified = self._verified_graphs.get(path) == (key, plan.graph_sha256)
+            if verified or sha256_hex(path.read_bytes()) == plan.graph_sha256:
+                self._verified_graphs[path] = (key, plan.graph_sha256)
                 stats.graph_cached = True
                 return path
             log.warning("cached graph %s is corrupted; downloading it again", path.name)
+            self._verified_graphs.pop(path, None)
             path.unlink()
         data = await self._fetch_resumable(plan.urls["model"], plan.graph_sha256, stats)
         digest = sha256_hex(data)
@@ -212,6 +246,9 @@ class ModelCache:
             )
         stats.graph_bytes = len(data)
         self.state.writer.write_bytes(path, data)
+        key = _identity(path)
+        if key is not None:
+            self._verified_graphs[path] = (key, digest)
         return path
 
     async def _weights(

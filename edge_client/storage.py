@@ -194,6 +194,10 @@ class StateDir:
         # object adds or removes entries, so the directory is listed again
         # only after a change.
         self._queue_len: int | None = None
+        # The residual this object last wrote, per model, with the file's
+        # identity (inode, size, mtime_ns) right after the write: the next
+        # round reads it from memory unless the file changed since.
+        self._residuals: dict[str, tuple[tuple[int, int, int], dict[str, np.ndarray]]] = {}
 
     def prepare(self) -> None:
         fresh = not self.root.exists()  # nothing can be torn in a new directory
@@ -239,10 +243,31 @@ class StateDir:
         return self.root / "residual" / f"{model}.npz"
 
     def save_residual(self, model: str, residual: Mapping[str, np.ndarray]) -> None:
-        self.writer.write_bytes(self.residual_path(model), arrays_to_bytes(residual))
+        path = self.residual_path(model)
+        self._residuals.pop(model, None)
+        self.writer.write_bytes(path, arrays_to_bytes(residual))
+        kept = {}
+        for name, array in residual.items():
+            frozen = np.array(array, copy=True)
+            frozen.flags.writeable = False  # shared with every later load
+            kept[name] = frozen
+        with contextlib.suppress(OSError):
+            st = path.stat()
+            self._residuals[model] = ((st.st_ino, st.st_size, st.st_mtime_ns), kept)
 
     def load_residual(self, model: str) -> dict[str, np.ndarray] | None:
+        """The residual (read-only arrays), from memory if this object wrote
+        the file and it is unchanged, else parsed from disk."""
         path = self.residual_path(model)
+        remembered = self._residuals.get(model)
+        if remembered is not None:
+            try:
+                st = path.stat()
+            except OSError:
+                st = None
+            if st is not None and (st.st_ino, st.st_size, st.st_mtime_ns) == remembered[0]:
+                return dict(remembered[1])
+            del self._residuals[model]
         try:
             return arrays_from_bytes(path.read_bytes())
         except FileNotFoundError:

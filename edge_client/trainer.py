@@ -24,7 +24,7 @@ import os
 import signal
 import sys
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -45,6 +45,7 @@ __all__ = [
     "InProcessTrainer",
     "ProcessTrainer",
     "StepResult",
+    "TimedSession",
     "Trainer",
     "TrainingJob",
     "TrainingSession",
@@ -68,6 +69,24 @@ class TrainingSession(Protocol):
 
     async def abort(self) -> None:
         """Stop now and discard the work; safe to call more than once."""
+        ...
+
+
+@runtime_checkable
+class TimedSession(TrainingSession, Protocol):
+    """A session that knows what each batch costs in time before it sleeps
+    it (the simulator's, on a virtual clock). The agent hands it a stretch in
+    which nothing it watches can change (no eligibility edge, no deadline),
+    and the session trains every batch that *starts* inside it with one wait
+    for all of them instead of one per batch: the same batches, the same
+    stopping point, the same end time as batch-by-batch stepping.
+    Sessions on a real device do not implement it: their batches take the
+    time they take, and the agent re-checks between them."""
+
+    async def steps_before(self, until: float) -> list[StepResult]:
+        """Train the next batch, and the ones after it while the monotonic
+        time at which each would start is before ``until``; return their
+        results, [] when the plan's batches are exhausted."""
         ...
 
 

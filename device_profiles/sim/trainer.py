@@ -110,35 +110,56 @@ class _Session:
         self.weights = None
 
     async def step(self) -> StepResult | None:
-        weights = self.weights
-        if weights is None:
+        steps = await self._run(None)
+        return steps[0] if steps else None
+
+    async def steps_before(self, until: float) -> list[StepResult]:
+        return await self._run(until)
+
+    async def _run(self, until: float | None) -> list[StepResult]:
+        """One batch (``until`` None), or the next batch and every later one
+        that starts before ``until`` on the virtual clock. The steps are real and run now; their
+        simulated duration is slept once at the end (a drop-out: up to the
+        point in the batch where it happens), so the device's timeline is the
+        one batch-by-batch stepping gives, at one wake-up instead of one per
+        batch. No other device can observe the difference: what this session
+        does in between is private until it returns."""
+        if self.weights is None:
             raise TrainingError("training session already ended")
-        batch = next(self.batches, None)
-        if batch is None:
-            return None
-        x, y = batch
-        pool = self.trainer.ray_pool
-        if pool is not None:
-            self.weights, loss = await pool.step(
-                self.trainer.device.index, weights, x, y, lr=self.learning_rate, mu=self.mu)
-        else:
-            model = self._take_interpreter()
-            loss = model.train_step(x, y, self.learning_rate, self.mu)
-        self.trainer.recorder.train_steps += 1
-        cost = self.trainer.step_seconds(len(x), self.batch_size)
         trainer = self.trainer
-        # Drop-out within this step: P = 1 − exp(−hazard × duration).
-        p_drop = 1.0 - math.exp(-trainer.device.profile.dropout_per_hour * cost / 3600.0)
-        draw = hash_uniform(trainer.device.seed, 202, trainer.steps_taken)
-        trainer.steps_taken += 1
-        if draw < p_drop:
-            await trainer.clock.sleep(cost * draw / p_drop)  # part of the step
-            trainer.recorder.dropouts += 1
-            self._end()
-            raise TrainingError("simulated drop-out while training (profile hazard)")
-        await trainer.clock.sleep(cost)
-        self.trained_s += cost
-        return StepResult(len(x), loss)
+        start = trainer.clock.monotonic()
+        elapsed = 0.0
+        steps: list[StepResult] = []
+        while not steps or (until is not None and start + elapsed < until):
+            batch = next(self.batches, None)
+            if batch is None:
+                break
+            x, y = batch
+            pool = trainer.ray_pool
+            if pool is not None:
+                assert self.weights is not None
+                self.weights, loss = await pool.step(
+                    trainer.device.index, self.weights, x, y, lr=self.learning_rate, mu=self.mu)
+            else:
+                model = self._take_interpreter()
+                loss = model.train_step(x, y, self.learning_rate, self.mu)
+            trainer.recorder.train_steps += 1
+            cost = trainer.step_seconds(len(x), self.batch_size)
+            # Drop-out within this step: P = 1 − exp(−hazard × duration).
+            p_drop = 1.0 - math.exp(-trainer.device.profile.dropout_per_hour * cost / 3600.0)
+            draw = hash_uniform(trainer.device.seed, 202, trainer.steps_taken)
+            trainer.steps_taken += 1
+            if draw < p_drop:
+                await trainer.clock.sleep(elapsed + cost * draw / p_drop)  # part of the step
+                trainer.recorder.dropouts += 1
+                self._end()
+                raise TrainingError("simulated drop-out while training (profile hazard)")
+            elapsed += cost
+            self.trained_s += cost
+            steps.append(StepResult(len(x), loss))
+        if elapsed > 0:
+            await trainer.clock.sleep(elapsed)
+        return steps
 
     async def finish(self) -> dict[str, np.ndarray]:
         if self.weights is None:

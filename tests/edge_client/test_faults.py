@@ -16,12 +16,16 @@ import os
 import signal
 import socket
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+import edge_client.cache
 from edge_client.agent import CRASHED, DROPPED, ERROR, LAPSED, PACED, PENDING, UPLOADED
+from edge_client.cache import DownloadStats
+from edge_client.cache import sha256_hex as real_sha256_hex
 from edge_client.eligibility import ALWAYS_ELIGIBLE, DeviceState, SimulatedStateProvider
 from edge_client.lifecycle import AgentState
 from edge_client.storage import AtomicWriter
@@ -37,6 +41,7 @@ from edge_client.testing import (
 from edge_client.trainer import ProcessTrainer
 from edge_client.transport import HttpTransport
 from fedge.clock import ManualClock
+from fedge.errors import FedgeError
 from fedge.transport import Response, Transport
 from tests.edge_client.conftest import AgentFactory, LiveService
 
@@ -236,7 +241,7 @@ async def test_checkin_faults_back_off_then_recover(
 
 
 async def test_corrupted_model_is_downloaded_again_never_trained(
-    make_agent: AgentFactory, service: LiveService
+    make_agent: AgentFactory, service: LiveService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def corrupt(resp: Response | None) -> Response:
         assert resp is not None
@@ -260,6 +265,24 @@ async def test_corrupted_model_is_downloaded_again_never_trained(
     result = await drive(clock, agent.run_cycle())
     assert result.outcome in (UPLOADED, DROPPED), result
     assert result.download["graph_cached"] is False and result.download["graph_bytes"] > 0
+
+    # Unchanged on disk since this process verified it: used without re-reading it.
+    hashed: list[int] = []
+
+    def counting(data: bytes) -> str:
+        hashed.append(len(data))
+        return real_sha256_hex(data)
+
+    monkeypatch.setattr(edge_client.cache, "sha256_hex", counting)
+    stats = DownloadStats()
+    plan = SimpleNamespace(graph_sha256=cached.stem, urls={"model": "/not-fetched"})
+    assert await agent.cache._graph(plan, stats) == cached  # type: ignore[arg-type]
+    assert stats.graph_cached and hashed == []
+    # Rewritten since (size or mtime differ): hashed again before use.
+    cached.write_bytes(cached.read_bytes() + b"\0")
+    with pytest.raises(FedgeError):  # found corrupt, removed, fetched from /not-fetched: 404
+        await agent.cache._graph(plan, DownloadStats())  # type: ignore[arg-type]
+    assert hashed and not cached.exists()
     await agent.close()
 
 

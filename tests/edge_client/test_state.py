@@ -89,6 +89,22 @@ def test_residual_round_trip_and_corruption(tmp_path: Path) -> None:
     assert state.load_residual("digits") is None
 
 
+def test_a_residual_is_read_back_from_memory_until_its_file_changes(tmp_path: Path) -> None:
+    state = StateDir(tmp_path)
+    state.prepare()
+    state.save_residual("digits", {"w": np.ones(4, np.float32)})
+    first = state.load_residual("digits")
+    assert first is not None and not first["w"].flags.writeable  # shared: read-only
+    assert state.load_residual("digits")["w"] is first["w"]  # type: ignore[index]
+    # Another writer replaces the file (a new inode, size and mtime): read from disk.
+    other = StateDir(tmp_path)
+    other.save_residual("digits", {"w": np.full(8, 2.0, np.float32)})
+    np.testing.assert_array_equal(state.load_residual("digits")["w"],  # type: ignore[index]
+                                  np.full(8, 2.0, np.float32))
+    state.residual_path("digits").unlink()
+    assert other.load_residual("digits") is None  # gone on disk: not served from memory
+
+
 def test_illegal_transition_is_refused_and_history_kept() -> None:
     life = Lifecycle(ManualClock())
     seen: list[tuple[AgentState, AgentState]] = []
