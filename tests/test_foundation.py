@@ -47,3 +47,39 @@ def test_cli_unknown_command_is_a_usage_error() -> None:
     with pytest.raises(SystemExit) as info:
         main(["no-such-command"])
     assert info.value.code == 2
+
+
+def test_cli_output_into_a_closed_pipe_is_not_a_traceback() -> None:
+    """`fedge … | head` closes the pipe early: exit like SIGPIPE, no traceback."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import argparse, sys
+        import fedge.cli as cli
+
+        def build():
+            p = argparse.ArgumentParser()
+            p.add_argument("-v", "--verbose", action="store_true")
+            def spam(args):
+                for _ in range(100_000):
+                    print("x" * 100)
+                return 0
+            p.set_defaults(func=spam, command="spam")
+            return p
+
+        cli.build_parser = build
+        sys.exit(cli.main([]))
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.read(10)
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141
+    assert "Traceback" not in stderr
