@@ -62,10 +62,10 @@ def rss_mb() -> float:
 # Thread name prefixes of the service's executors, and what each does.
 ROLES = {
     "MainThread": "event loop (HTTP, checks, log append)",
-    "fedge-cpu": "decode (batched decode_many_into)",
+    "fedge-cpu": "decode (batched decode_many_into, pipelined)",
     "fedge-publish": "publish (optimizer step, weights frame every K)",
     "fedge-db": "SQLite",
-    "fedge-log": "update log (write + fsync)",
+    "fedge-log": "update log (checksum, write, fsync)",
     "fedge-io": "blobs",
 }
 
