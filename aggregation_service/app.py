@@ -375,8 +375,12 @@ async def upload_update(request: web.Request) -> web.Response:
         body = await read_capped(request, service.max_update_bytes(model))
     except ApiError as exc:
         raise service._reject(exc) from None
+    # Keys are scoped to the device that sent them: another device choosing
+    # the same key (a counter, a clock) must not have its update answered as
+    # someone else's duplicate and dropped. "/" cannot occur in a key.
+    scoped_key = f"{device}/{key}"
     receipt = await service.accept_update(
-        UpdateRequest(device, model, assignment, base, examples, key, body, clip_bit)
+        UpdateRequest(device, model, assignment, base, examples, scoped_key, body, clip_bit)
     )
     return web.json_response(
         {"status": "accepted", "update_id": receipt.update_id, "duplicate": receipt.duplicate},

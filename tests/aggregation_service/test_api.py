@@ -212,6 +212,19 @@ async def test_idempotent_retry_is_counted_once(make_env: EnvFactory) -> None:
     assert s3 == 409 and b3["error"]["code"] == "assignment_used"
 
 
+async def test_idempotency_keys_are_scoped_to_the_device(make_env: EnvFactory) -> None:
+    env = await make_env(buffer_size=10)
+    a, b = await env.enroll(2)
+    plan_a, plan_b = await env.plan(a), await env.plan(b)
+    body = frame(_delta(0.2))
+    sa, ra = await env.upload(a, plan_a, body, key="update-00000001")
+    sb, rb = await env.upload(b, plan_b, body, key="update-00000001")
+    assert (sa, sb) == (202, 202)
+    assert ra["duplicate"] is False and rb["duplicate"] is False
+    assert ra["update_id"] != rb["update_id"]
+    assert env.service.runtime("m").buffer.count == 2
+
+
 async def test_metrics_health_and_openapi(make_env: EnvFactory) -> None:
     env = await make_env()
     devices = await env.enroll(3)
