@@ -27,7 +27,7 @@ $(EDGE_VENV)/.stamp: pyproject.toml
 # built against NumPy 1.x, so it lives in its own environment.
 $(TFLITE_VENV)/.stamp: pyproject.toml
 	test -x $(TFLITE_VENV)/bin/python || $(PYTHON) -m venv $(TFLITE_VENV)
-	$(TFLITE_VENV)/bin/python -m pip install $(PIP_FLAGS) 'tflite-runtime==2.14.0' 'numpy<2' aiohttp zstandard pyyaml
+	$(TFLITE_VENV)/bin/python -m pip install $(PIP_FLAGS) 'tflite-runtime==2.14.0' 'numpy<2' aiohttp zstandard pyyaml cryptography
 	$(TFLITE_VENV)/bin/python -m pip install $(PIP_FLAGS) --no-deps -e .
 	touch $@
 
