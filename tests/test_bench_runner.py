@@ -98,3 +98,16 @@ def test_emit_writes_rows_and_prints_them(
     bench.emit(rows, out)
     assert json.loads(out.read_text()) == rows
     assert "| b | m | 1.5 ms | 3 | 0.5× | — | n |" in capsys.readouterr().out
+
+
+def test_readme_rows_are_targets_headlines_and_the_privacy_summary() -> None:
+    def row(benchmark: str, metric: str, **extra: object) -> dict[str, object]:
+        return {"benchmark": benchmark, "metric": metric, **extra}
+
+    assert bench.headline(row("codec 1M", "payload", target="≥ 150×"))
+    assert bench.headline(row("anything", "x", headline=True))
+    assert bench.headline(row("dp-fedavg emulation z=1.0", "epsilon"))
+    assert bench.headline(row("secagg n=500 d=8,970", "bytes up per device"))
+    assert not bench.headline(row("dp-fedavg emulation z=1.0", "MIA advantage"))
+    assert not bench.headline(row("secagg n=50 d=8,970", "bytes up per device"))
+    assert not bench.headline(row("codec 1M", "encode time"))
