@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from aggregation_service import dashboard
 from aggregation_service.bodies import read_capped
@@ -33,6 +34,9 @@ LIMITER = web.AppKey("limiter", RateLimiter)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _KEY_RE = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
+# Assignment ids are the service's own ("as-" + hex); this only keeps what
+# cannot be one (non-ASCII, control bytes, megabyte headers) out of the store.
+_ASSIGNMENT_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def error_response(
@@ -56,7 +60,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
             exc.status, "http_error"
         )
-        response = error_response(exc.status, code, exc.reason)
+        # A 405 must say which methods the resource allows (RFC 9110 §15.5.6).
+        kept = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        response = error_response(exc.status, code, exc.reason, kept or None)
     except StorageError as exc:
         log.error("storage error on %s %s: %s", request.method, request.path, exc)
         response = error_response(503, "storage_unavailable", str(exc))
@@ -228,8 +234,11 @@ async def push_version(request: web.Request) -> web.Response:
                     raise ApiError(413, "too_large", f"push exceeds the limit of {cap} bytes")
             if name in ("manifest", "model"):
                 parts[name] = bytes(data)
-    except (ValueError, AssertionError, RuntimeError) as exc:
-        raise bad_request("bad_multipart", f"malformed multipart body: {exc}") from exc
+    except (ValueError, AssertionError, RuntimeError, HttpProcessingError) as exc:
+        # HttpProcessingError: aiohttp's part-header parser (InvalidHeader for a
+        # control byte, LineTooLong for a huge preamble or header line).
+        detail = exc.message if isinstance(exc, HttpProcessingError) else str(exc)
+        raise bad_request("bad_multipart", f"malformed multipart body: {detail}") from exc
     missing = [p for p in ("manifest", "model") if p not in parts]
     if missing:
         raise bad_request("bad_multipart", f"missing multipart part(s) {missing}")
@@ -368,6 +377,10 @@ async def upload_update(request: web.Request) -> web.Response:
     assignment = request.headers.get("Fedge-Assignment")
     if not assignment:
         raise service._reject(bad_request("bad_header", "missing header Fedge-Assignment"))
+    if not _ASSIGNMENT_RE.match(assignment):
+        raise service._reject(
+            bad_request("bad_header", "Fedge-Assignment is not an assignment id")
+        )
     try:
         base = _header_int(request, "Fedge-Base-Version", 1)
         examples = _header_int(request, "Fedge-Examples", 1)

@@ -36,6 +36,7 @@ import json
 import logging
 import math
 import random
+import re
 import secrets
 import time
 from collections import OrderedDict, deque
@@ -110,9 +111,37 @@ def _digest_of(weights: Mapping[str, np.ndarray], manifest: Manifest) -> str:
     return weights_digest({t.name: weights[t.name] for t in manifest.tensors})
 
 
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# Names that some file systems and shells treat specially; a model name may end
+# up in a path, a URL or an operator's shell, so they are refused everywhere.
+_RESERVED_NAMES = frozenset(
+    ["con", "prn", "aux", "nul"] + [f"{p}{i}" for p in ("com", "lpt") for i in range(10)]
+)
+
+
+def model_name_problem(model: str) -> str | None:
+    """Why ``model`` cannot name a model, or None: 1–64 ASCII letters, digits,
+    '-', '_', '.', starting with a letter or digit, not a reserved device name."""
+    if not _MODEL_NAME.fullmatch(model):
+        return (
+            "model names are 1–64 ASCII letters, digits, '-', '_' and '.', "
+            f"starting with a letter or digit; got {model[:80]!r}"
+        )
+    if model.split(".", maxsplit=1)[0].lower() in _RESERVED_NAMES:
+        return f"{model!r} is a reserved device name on some systems; choose another"
+    return None
+
+
+def token_bytes(token: str) -> bytes:
+    """A client's token as bytes. JSON can carry lone surrogates ("\\ud800") and
+    aiohttp decodes header bytes that are not UTF-8 to surrogates: such a token
+    matches nothing, but encoding it must not fail."""
+    return token.encode("utf-8", "surrogatepass")
+
+
 def hash_token(token: str) -> str:
     # Tokens are 32 random bytes: a plain hash is enough (nothing to brute-force).
-    return hashlib.sha256(token.encode()).hexdigest()
+    return hashlib.sha256(token_bytes(token)).hexdigest()
 
 
 def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
@@ -300,6 +329,9 @@ def _follow(first: asyncio.Future[Any], item: _Intake) -> None:
         item.future.set_result(None)  # resolved as a duplicate of the first
 
 
+# The largest version number the store can hold (SQLite INTEGER).
+MAX_VERSION = 2**63 - 1
+
 # Intake batches per hold of a model's lock on the pipelined path: enough to
 # keep the decode thread busy, few enough that a rollback or config patch
 # waiting for the lock is not held off for long.
@@ -457,7 +489,10 @@ class AggregationService:
 
     async def version_row(self, model: str, version: int) -> VersionRow:
         self.runtime(model)
-        row = await self.store.run(self.store.version, model, version)
+        # Versions are SQLite INTEGERs: a number outside int64 names no version
+        # (and would overflow the driver's binding).
+        in_range = 1 <= version <= MAX_VERSION
+        row = await self.store.run(self.store.version, model, version) if in_range else None
         if row is None:
             raise not_found("unknown_version", f"model {model!r} has no version {version}")
         reports = await self.store.run(privacy_hooks.reports, self.store, model)
@@ -656,10 +691,9 @@ class AggregationService:
         self, model: str, manifest_bytes: bytes, model_bytes: bytes
     ) -> VersionRow:
         """Verify and store a graph + manifest as a new version that starts a lineage."""
-        if not model or not all(c.isalnum() or c in "-_." for c in model) or len(model) > 64:
-            raise bad_request(
-                "bad_model_name", "model names are 1–64 letters, digits, '-', '_', '.'"
-            )
+        problem = model_name_problem(model)
+        if problem is not None:
+            raise bad_request("bad_model_name", problem)
         try:
             manifest = Manifest.from_json(manifest_bytes)
         except ManifestError as exc:
@@ -1003,7 +1037,9 @@ class AggregationService:
 
     def check_operator(self, token: str) -> bool:
         expected = self.config.operator_token
-        return expected is not None and hmac.compare_digest(token.encode(), expected.encode())
+        return expected is not None and hmac.compare_digest(
+            token_bytes(token), expected.encode()
+        )
 
     async def checkin(self, device_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
         name = body.get("model")
