@@ -817,6 +817,7 @@ class AggregationService:
                 rt.buffer.end_offset = checkpoint
                 rt.checkpoint = checkpoint
                 rt.round = None
+                await self._flush_reported()
         log.info(
             "model %s: pushed version %d (%d parameters)", model, version, manifest.num_parameters
         )
@@ -828,6 +829,9 @@ class AggregationService:
         for b in (rt.buffer, *rt.sealed):
             self._round_updates.take(b)
             self._clip.take(b)
+            # Their devices did report: the assignments stay used (written by
+            # the caller's _flush_reported, right after the lineage change).
+            self._reported.extend(b.assignments)
         if dropped:
             self.metrics.updates_discarded.inc(rt.name, amount=dropped)
             log.warning("model %s: %d buffered updates discarded (new lineage)", rt.name, dropped)
@@ -915,6 +919,7 @@ class AggregationService:
             rt.buffer.end_offset = checkpoint
             rt.checkpoint = checkpoint
             rt.round = None
+            await self._flush_reported()
         log.warning("model %s: rolled back to version %d", name, target)
         rt.live_version = target
         return {"model": name, "live_version": target, "training_version": target}
@@ -1810,6 +1815,7 @@ class AggregationService:
                 checkpoint=buf.end_offset,
                 published_keys=tuple(buf.keys),
                 abandoned_round=True,
+                assignments=tuple(buf.assignments),
             )
             await self.store.run(self.store.publish, pub)
             rt.checkpoint = buf.end_offset
@@ -1918,7 +1924,10 @@ class AggregationService:
             log_checkpoint=buf.end_offset,
             metrics=None,
         )
-        await self.store.run(self.store.publish, Publication(row, buf.end_offset, tuple(buf.keys)))
+        await self.store.run(
+            self.store.publish,
+            Publication(row, buf.end_offset, tuple(buf.keys), assignments=tuple(buf.assignments)),
+        )
         # Committed: switch the live state over.
         rt.training, rt.weights, rt.optimizer_state = row, weights, state
         rt.parents[version] = base.version

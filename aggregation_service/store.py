@@ -157,6 +157,10 @@ class Publication:
     checkpoint: int
     published_keys: tuple[tuple[str, str], ...]  # (idempotency key, update id)
     abandoned_round: bool = False
+    # The assignments these updates reported on: marked used in the same
+    # transaction, so a restart never counts them as outstanding again nor
+    # lets one take a second update.
+    assignments: tuple[str, ...] = ()
 
 
 class Store:
@@ -277,7 +281,8 @@ class Store:
 
     def publish(self, pub: Publication) -> None:
         """One transaction: the new version (or an abandoned round), the model's
-        log checkpoint and the idempotency keys folded into it."""
+        log checkpoint, the idempotency keys folded into it and their
+        assignments marked reported."""
 
         def body(conn: sqlite3.Connection) -> None:
             model = pub.version.model
@@ -296,6 +301,10 @@ class Store:
             conn.executemany(
                 "INSERT OR IGNORE INTO published_updates VALUES (?, ?, ?, ?)",
                 [(key, uid, model, pub.version.version) for key, uid in pub.published_keys],
+            )
+            conn.executemany(
+                "UPDATE assignments SET state = 'reported' WHERE assignment_id = ?",
+                [(a,) for a in pub.assignments],
             )
 
         self._tx(body, full=True)
