@@ -570,7 +570,7 @@ async def get_weights(request: web.Request) -> web.Response:
 
 async def healthz(request: web.Request) -> web.Response:
     health = request.app[SERVICE].health()
-    return web.json_response(health, status=200 if health["status"] == "ok" else 503)
+    return web.json_response(health, status=503 if health["status"] == "failing" else 200)
 
 
 async def metrics(request: web.Request) -> web.Response:

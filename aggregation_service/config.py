@@ -155,7 +155,9 @@ class OptimizerConfig:
         _no_unknown(data, cls, where)
         return cls(
             name=_enum(data, "name", where, OptimizerName, OptimizerName.FEDAVG),
-            learning_rate=_float(data, "learning_rate", where, 1.0, strict=True),
+            # Bounded: a rate like 1e308 passes as finite but makes every step
+            # overflow. Reddi et al. tune server rates within 10^-3 … 10^1.
+            learning_rate=_float(data, "learning_rate", where, 1.0, strict=True, maximum=1000.0),
             momentum=_float(data, "momentum", where, 0.9, maximum=0.999999),
             beta1=_float(data, "beta1", where, 0.9, maximum=0.999999),
             beta2=_float(data, "beta2", where, 0.99, maximum=0.999999),
@@ -179,7 +181,7 @@ class ClientPlan:
         return cls(
             epochs=_int(data, "epochs", where, 1, minimum=1),
             batch_size=_int(data, "batch_size", where, 32, minimum=1),
-            learning_rate=_float(data, "learning_rate", where, 0.05, strict=True),
+            learning_rate=_float(data, "learning_rate", where, 0.05, strict=True, maximum=1000.0),
             max_examples=_int(data, "max_examples", where, 1000, minimum=1),
             fedprox_mu=_float(data, "fedprox_mu", where, 0.0),
         )

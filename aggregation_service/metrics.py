@@ -177,6 +177,16 @@ class Metrics:
         self.outstanding = Gauge(
             "fedge_outstanding_assignments", "Plans handed out and not yet reported", ["model"]
         )
+        self.publication_failures = Counter(
+            "fedge_publication_failures_total",
+            "Failed publication attempts, by model and reason (non_finite_step, publication_error)",
+            ["model", "reason"],
+        )
+        self.publication_blocked = Gauge(
+            "fedge_publication_blocked",
+            "1 while a model's publications are blocked until the operator acts, by model",
+            ["model"],
+        )
         self.dashboard_logins = Counter(
             "fedge_dashboard_logins_total", "Dashboard login attempts, by result", ["result"]
         )

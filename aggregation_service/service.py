@@ -59,6 +59,7 @@ from aggregation_service.config import (
 from aggregation_service.errors import (
     ApiError,
     ConfigError,
+    ServiceError,
     StorageError,
     bad_request,
     conflict,
@@ -144,6 +145,21 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token_bytes(token)).hexdigest()
 
 
+def _check_finite(
+    weights: Mapping[str, np.ndarray], state: Mapping[str, np.ndarray], config: TrainingConfig
+) -> None:
+    for kind, arrays in (("weights", weights), ("optimizer state", state)):
+        for name, value in arrays.items():
+            if not np.all(np.isfinite(value)):
+                opt = config.optimizer
+                raise NonFiniteStep(
+                    f"the server step made {kind} {name!r} non-finite "
+                    f"(optimizer {opt.name.value}, learning_rate {opt.learning_rate:g}); "
+                    "lower training.optimizer.learning_rate, set training.max_update_norm, "
+                    "or roll back"
+                )
+
+
 def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
     out = io.BytesIO()
     np.savez(out, *[], **{k.replace("/", "__"): v for k, v in arrays.items()})  # type: ignore[arg-type]
@@ -165,6 +181,32 @@ class UpdateRequest:
     idempotency_key: str
     body: bytes
     clip_bit: int | None = None  # Fedge-Clip-Bit (adaptive clipping), None if not sent
+
+
+@dataclass(frozen=True)
+class PublicationProblem:
+    """Why a model's publications stopped. ``blocking`` problems (the step
+    itself is impossible: non-finite weights) wait for the operator to change
+    the config, roll back or resume; others (I/O) are retried every 5 s."""
+
+    code: str
+    detail: str
+    since: float
+    blocking: bool
+    attempts: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "state": "blocked" if self.blocking else "retrying",
+            "reason": self.code,
+            "detail": self.detail,
+            "since": self.since,
+            "attempts": self.attempts,
+        }
+
+
+class NonFiniteStep(ServiceError):
+    """The server optimizer step produced non-finite weights or moments."""
 
 
 @dataclass(frozen=True)
@@ -212,6 +254,10 @@ class ModelRuntime:
     # next upload to queue wakes it so that batch gets a successor at once.
     intake_waiter: asyncio.Future[None] | None = None
     wake_publisher: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set while publications fail; a blocking problem also stops check-ins and
+    # uploads for the model until ``unblocked`` is set by an operator action.
+    problem: PublicationProblem | None = None
+    unblocked: asyncio.Event = field(default_factory=asyncio.Event)
 
     def staleness(self, base: int, limit: int) -> int | None:
         """Versions published since ``base`` along the current lineage, or None
@@ -224,6 +270,13 @@ class ModelRuntime:
                 return tau
             current = self.parents.get(current)
         return None
+
+    @property
+    def waits_for_operator(self) -> bool:
+        """Publication is blocked and no operator action has released it yet."""
+        return (
+            self.problem is not None and self.problem.blocking and not self.unblocked.is_set()
+        )
 
     def is_ancestor(self, base: int) -> bool:
         return self.staleness(base, len(self.parents)) is not None
@@ -818,6 +871,7 @@ class AggregationService:
                 rt.checkpoint = checkpoint
                 rt.round = None
                 await self._flush_reported()
+                self._unblock(rt)
         log.info(
             "model %s: pushed version %d (%d parameters)", model, version, manifest.num_parameters
         )
@@ -860,6 +914,8 @@ class AggregationService:
                 "sealed": sum(b.count for b in rt.sealed),  # complete, being published
             },
             "outstanding_assignments": len(rt.open_assignments),
+            # Why publications stopped, if they did (null while they work).
+            "publication": rt.problem.to_json() if rt.problem is not None else None,
             "rounds_abandoned": row.rounds_abandoned,
             # The open secure aggregation round (phase, selected, sent), if any.
             "secagg_round": self.secagg.describe(name),
@@ -920,6 +976,7 @@ class AggregationService:
             rt.checkpoint = checkpoint
             rt.round = None
             await self._flush_reported()
+            self._unblock(rt)
         log.warning("model %s: rolled back to version %d", name, target)
         rt.live_version = target
         return {"model": name, "live_version": target, "training_version": target}
@@ -932,6 +989,7 @@ class AggregationService:
             rt.resumed.clear()
         else:
             rt.resumed.set()
+            self._unblock(rt)
         return {"model": name, "paused": paused}
 
     async def patch_config(self, name: str, patch: Any) -> TrainingConfig:
@@ -948,6 +1006,7 @@ class AggregationService:
                 self._seal(rt)
             if old.mode is not new.mode or old.secagg != new.secagg:
                 rt.round = None
+        self._unblock(rt)
         return new
 
     async def set_eval_data(self, name: str, data: bytes) -> dict[str, Any]:
@@ -1070,6 +1129,8 @@ class AggregationService:
         jitter = self.rng.uniform(0.5, 1.5)
         if rt.paused:
             return wait("paused", cfg.pace_max_retry_s * jitter)
+        if rt.problem is not None and rt.problem.blocking:
+            return wait("publication_blocked", cfg.pace_max_retry_s * jitter)
         refusal = self._ineligible(cfg, body)
         if refusal:
             return wait(refusal, cfg.pace_min_retry_s * 2 * jitter)
@@ -1237,6 +1298,17 @@ class AggregationService:
         dup = await self._duplicate(rt, req.idempotency_key, ask_store=False)
         if dup is not None:
             return dup
+        if rt.problem is not None and rt.problem.blocking:
+            # Not acknowledged, so not lost: the device keeps the update and
+            # retries with the same key once the operator has fixed the model.
+            raise self._reject(
+                ApiError(
+                    503,
+                    "publication_blocked",
+                    f"model {rt.name!r} cannot publish ({rt.problem.code}); retry later",
+                    headers={"Retry-After": str(round(rt.config.pace_max_retry_s))},
+                )
+            )
         # The store's answer for the key comes while the upload waits for the
         # intake (which reads it before admitting the upload), not before.
         published = self._key_lookups.lookup(req.idempotency_key)
@@ -1797,12 +1869,50 @@ class AggregationService:
                     await self._publish(rt, buf)
                 except asyncio.CancelledError:
                     raise
-                except Exception:
-                    log.exception("model %s: publication failed; retrying in 5 s", rt.name)
+                except NonFiniteStep as exc:
+                    # Retrying the same step with the same config gives the same
+                    # result: stop taking work for this model and wait for the
+                    # operator (PATCH config, resume or rollback). The sealed
+                    # buffers stay: nothing acknowledged is lost.
+                    self._record_problem(rt, "non_finite_step", str(exc), blocking=True)
+                    rt.unblocked.clear()
+                    await rt.unblocked.wait()
+                    continue
+                except Exception as exc:
+                    self._record_problem(
+                        rt, "publication_error", f"{type(exc).__name__}: {exc}", blocking=False
+                    )
                     await self.clock.sleep(5.0)
                     continue
+                if rt.problem is not None:
+                    log.warning("model %s: publishing again after %s", rt.name, rt.problem.code)
+                    rt.problem = None
+                    self.metrics.publication_blocked.values[(rt.name,)] = 0.0
                 if rt.sealed and rt.sealed[0] is buf:
                     rt.sealed.popleft()
+
+    def _record_problem(self, rt: ModelRuntime, code: str, detail: str, *, blocking: bool) -> None:
+        previous = rt.problem
+        if previous is not None and previous.code == code and previous.detail == detail:
+            rt.problem = dataclasses.replace(previous, attempts=previous.attempts + 1)
+        else:
+            rt.problem = PublicationProblem(code, detail, self.clock.time(), blocking)
+            # Logged once per distinct problem, not once per retry.
+            if blocking:
+                log.error(
+                    "model %s: publication blocked (%s): %s; check-ins and uploads for it wait "
+                    "until the config is changed, the model resumed or rolled back",
+                    rt.name, code, detail,
+                )
+            else:
+                log.exception("model %s: publication failed; retrying every 5 s", rt.name)
+        self.metrics.publication_failures.inc(rt.name, code)
+        self.metrics.publication_blocked.values[(rt.name,)] = 1.0 if blocking else 0.0
+
+    def _unblock(self, rt: ModelRuntime) -> None:
+        """An operator changed something: let a blocked publisher try again."""
+        rt.unblocked.set()
+        rt.wake_publisher.set()
 
     async def _publish(self, rt: ModelRuntime, buf: Buffer) -> None:
         started = time.perf_counter()
@@ -1893,7 +2003,9 @@ class AggregationService:
             else:
                 delta = buf.mean()
             trainable = {k: rt.weights[k] for k in delta}
-            new_trainable, state = optimizer.step(trainable, delta, rt.optimizer_state)
+            with np.errstate(over="ignore", invalid="ignore"):  # checked just below
+                new_trainable, state = optimizer.step(trainable, delta, rt.optimizer_state)
+            _check_finite(new_trainable, state, rt.config)
             weights = {**rt.weights, **new_trainable}
             return weights, state, codec.encode_weights(weights), _npz_bytes(state)
 
@@ -1956,7 +2068,10 @@ class AggregationService:
         self._spawn(self._evaluate(rt.name, version))
 
     async def _drain_publications(self) -> None:
-        while any(rt.sealed and not rt.paused for rt in self.models.values()):
+        while any(
+            rt.sealed and not rt.paused and not rt.waits_for_operator
+            for rt in self.models.values()
+        ):
             await asyncio.sleep(0.005)
 
     async def wait_idle(self) -> None:
@@ -2036,8 +2151,19 @@ class AggregationService:
             }
 
     def health(self) -> dict[str, Any]:
+        """``failing`` (HTTP 503: take this process out of rotation) when it
+        cannot make updates durable; ``degraded`` (200: it serves, but an
+        operator must look) when a model's publications fail."""
+        problems = {n: rt.problem.to_json() for n, rt in self.models.items() if rt.problem}
+        if not self.started or self.log.failed is not None:
+            status = "failing"
+        elif problems:
+            status = "degraded"
+        else:
+            status = "ok"
         return {
-            "status": "ok" if self.started and self.log.failed is None else "degraded",
+            "status": status,
             "models": len(self.models),
             "log_end": self.log.end,
+            "publication_problems": problems,
         }

@@ -168,8 +168,13 @@
       return;
     }
     const fill = counters.buffer_fill[model.model] || 0;
+    const pub = model.publication;
+    const modelState = pub && pub.state === "blocked"
+      ? "publication blocked: " + pub.detail
+      : pub ? "publication retrying: " + pub.detail
+      : model.paused ? "paused" : "training";
     facts($("model-facts"), [
-      ["state", model.paused ? "paused" : "training", "fact-state"],
+      ["state", modelState, "fact-state"],
       ["live version", model.live_version === null ? "none" : "v" + model.live_version, "fact-live"],
       ["training from", "v" + model.training_version, "fact-training"],
       ["mode", model.mode],
