@@ -7,6 +7,7 @@ becomes an :class:`ApiError` (4xx, stable code) before anything is written.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -19,8 +20,9 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from aggregation_service import dashboard
-from aggregation_service.bodies import read_capped
+from aggregation_service.bodies import LIMITS, read_capped
 from aggregation_service.config import ServiceConfig
+from aggregation_service.connections import GUARD
 from aggregation_service.errors import ApiError, StorageError, bad_request, not_found
 from aggregation_service.openapi import openapi_document
 from aggregation_service.ratelimit import RateLimiter
@@ -66,6 +68,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except StorageError as exc:
         log.error("storage error on %s %s: %s", request.method, request.path, exc)
         response = error_response(503, "storage_unavailable", str(exc))
+    except (ConnectionResetError, web.RequestPayloadError) as exc:
+        # The client went away (or sent a broken chunked body) mid-request: an
+        # ordinary event on a fleet of flaky links, not a server fault.
+        log.info("%s %s: client connection lost (%s)", request.method, request.path, exc)
+        response = error_response(400, "connection_lost", f"request body incomplete: {exc}")
     except Exception:
         log.exception("internal error on %s %s", request.method, request.path)
         response = error_response(500, "internal", "internal server error (logged)")
@@ -78,6 +85,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     body = getattr(response, "body", None)
     if isinstance(body, (bytes, bytearray)):
         service.metrics.bytes_out.inc(route, amount=len(body))
+    guard = request.app.get(GUARD)
+    if guard is not None:  # the next request head's deadline starts at its first byte
+        guard.response_done(request.transport)
     log.debug(
         "%s %s -> %d in %.1f ms",
         request.method,
@@ -216,6 +226,25 @@ async def push_version(request: web.Request) -> web.Response:
             413, "too_large", f"push of {request.content_length} bytes exceeds the limit of {cap}"
         )
     parts: dict[str, bytes] = {}
+    deadline = service.config.limits.body_deadline_s(request.content_length or cap)
+    try:
+        async with asyncio.timeout(deadline):
+            await _read_parts(request, parts, cap)
+    except TimeoutError:
+        raise ApiError(
+            408, "body_timeout", f"the push did not arrive within {deadline:.0f} s"
+        ) from None
+    missing = [p for p in ("manifest", "model") if p not in parts]
+    if missing:
+        raise bad_request("bad_multipart", f"missing multipart part(s) {missing}")
+    row = await service.push_version(model, parts["manifest"], parts["model"])
+    return web.json_response(
+        {"model": model, "version": row.version, "sha256": row.graph_sha256}, status=201
+    )
+
+
+async def _read_parts(request: web.Request, parts: dict[str, bytes], cap: int) -> None:
+    """The 'manifest' and 'model' parts of a push into ``parts``, at most ``cap`` bytes."""
     total = 0
     try:
         reader = await request.multipart()
@@ -239,13 +268,6 @@ async def push_version(request: web.Request) -> web.Response:
         # control byte, LineTooLong for a huge preamble or header line).
         detail = exc.message if isinstance(exc, HttpProcessingError) else str(exc)
         raise bad_request("bad_multipart", f"malformed multipart body: {detail}") from exc
-    missing = [p for p in ("manifest", "model") if p not in parts]
-    if missing:
-        raise bad_request("bad_multipart", f"missing multipart part(s) {missing}")
-    row = await service.push_version(model, parts["manifest"], parts["model"])
-    return web.json_response(
-        {"model": model, "version": row.version, "sha256": row.graph_sha256}, status=201
-    )
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -625,6 +647,7 @@ def create_app(
         middlewares=[error_middleware], client_max_size=config.max_model_bytes + (1 << 20)
     )
     app[SERVICE] = svc
+    app[LIMITS] = config.limits
     app[LIMITER] = RateLimiter(svc.clock, config.rate_limit.rate_per_s, config.rate_limit.burst)
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)

@@ -541,6 +541,42 @@ class RateLimit:
 
 
 @dataclass(frozen=True)
+class ConnectionLimits:
+    """Defences against slow and piled-up connections (docs/service.md).
+
+    A connection must send a complete request head within ``header_timeout_s``
+    of opening (or of its first byte after a response), and a body at least
+    ``min_body_rate_bps`` on average after ``body_timeout_s``; an idle
+    keep-alive connection closes after ``keepalive_timeout_s``. At most
+    ``max_connections`` are open at once (0: derived from the process's
+    open-file limit), at most ``max_connections_per_peer`` from one address
+    (0: no per-address cap — set it so behind a proxy, which is one address)."""
+
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    min_body_rate_bps: int = 16 << 10
+    keepalive_timeout_s: float = 75.0
+    max_connections: int = 0
+    max_connections_per_peer: int = 256
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str) -> ConnectionLimits:
+        _no_unknown(data, cls, where)
+        return cls(
+            header_timeout_s=_float(data, "header_timeout_s", where, 10.0, strict=True),
+            body_timeout_s=_float(data, "body_timeout_s", where, 30.0, strict=True),
+            min_body_rate_bps=_int(data, "min_body_rate_bps", where, 16 << 10, minimum=1),
+            keepalive_timeout_s=_float(data, "keepalive_timeout_s", where, 75.0, strict=True),
+            max_connections=_int(data, "max_connections", where, 0, minimum=0),
+            max_connections_per_peer=_int(data, "max_connections_per_peer", where, 256, minimum=0),
+        )
+
+    def body_deadline_s(self, size: int) -> float:
+        """Seconds allowed to read a body of ``size`` bytes (or up to a cap)."""
+        return self.body_timeout_s + size / self.min_body_rate_bps
+
+
+@dataclass(frozen=True)
 class ServiceConfig:
     data_dir: Path
     host: str = "127.0.0.1"
@@ -559,6 +595,7 @@ class ServiceConfig:
     max_json_bytes: int = 64 << 10
     frame_overhead_bytes: int = 64 << 10  # allowed above the dense float32 size of an update
     rate_limit: RateLimit = field(default_factory=RateLimit)
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
     training: TrainingConfig = field(default_factory=TrainingConfig)  # default for new models
 
     @classmethod
@@ -608,6 +645,7 @@ class ServiceConfig:
             rate_limit=RateLimit.from_dict(
                 _section(data, "rate_limit", where), f"{where}.rate_limit"
             ),
+            limits=ConnectionLimits.from_dict(_section(data, "limits", where), f"{where}.limits"),
             training=TrainingConfig.from_dict(
                 _section(data, "training", where), f"{where}.training"
             ),

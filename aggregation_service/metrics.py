@@ -187,6 +187,13 @@ class Metrics:
             "1 while a model's publications are blocked until the operator acts, by model",
             ["model"],
         )
+        self.connections = Gauge("fedge_open_connections", "Open HTTP connections")
+        self.connections_refused = Counter(
+            "fedge_connections_refused_total",
+            "Connections refused at a cap (too_many_connections, too_many_connections_from_peer), "
+            "closed to make room (evicted_idle) or for a slow request head (header_timeout)",
+            ["reason"],
+        )
         self.dashboard_logins = Counter(
             "fedge_dashboard_logins_total", "Dashboard login attempts, by result", ["result"]
         )

@@ -17,8 +17,16 @@ from pathlib import Path
 
 from aiohttp import web
 
-from aggregation_service.app import create_app
+from aggregation_service import logfilter
+from aggregation_service.app import SERVICE, create_app
 from aggregation_service.config import OPERATOR_TOKEN_ENV, ServiceConfig
+from aggregation_service.connections import (
+    GUARD,
+    ConnectionGuard,
+    GuardedSite,
+    connection_cap,
+    raise_open_file_limit,
+)
 from aggregation_service.errors import ConfigError
 
 log = logging.getLogger("aggregation_service")
@@ -75,15 +83,39 @@ async def serve(config: ServiceConfig, *, stop: asyncio.Event | None = None) -> 
         )
     context = ssl_context(config)
     app = create_app(config)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    open_files = raise_open_file_limit()
+    metrics = app[SERVICE].metrics
+    guard = ConnectionGuard(
+        config.limits,
+        connection_cap(config.limits, open_files),
+        count=metrics.connections_refused.inc,
+    )
+    app[GUARD] = guard
+    metrics.connections.collect = lambda: {(): float(guard.open_connections)}
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        keepalive_timeout=config.limits.keepalive_timeout_s,
+        # After an early answer (413, 408) aiohttp reads the rest of the body
+        # for this long before closing; a slow client must not keep it (or a
+        # graceful stop) waiting the default 10 s.
+        lingering_time=2.0,
+    )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, config.host, config.port, ssl_context=context)
+        site = GuardedSite(runner, config.host, config.port, guard, ssl_context=context)
         try:
             await site.start()
         except OSError as exc:
             raise ConfigError(f"cannot listen on {config.host}:{config.port}: {exc}") from exc
-        port = int(runner.addresses[0][1])
+        port = site.port
+        log.info(
+            "open-file limit %d: at most %d connections, %s per address",
+            open_files,
+            guard.max_connections,
+            config.limits.max_connections_per_peer or "no cap",
+        )
         scheme = "https" if context else "http"
         if config.port_file is not None:
             _write_port_file(config.port_file, port)
@@ -103,5 +135,6 @@ async def serve(config: ServiceConfig, *, stop: asyncio.Event | None = None) -> 
 
 def run(config: ServiceConfig) -> int:
     configure_logging(config.log_json)
+    logfilter.install()
     asyncio.run(serve(config))
     return 0

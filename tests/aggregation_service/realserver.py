@@ -41,6 +41,7 @@ def start_server(
     extra_args: tuple[str, ...] = (),
     scheme: str = "http",
     timeout: float = 60.0,
+    preexec_fn: Any = None,
 ) -> ServerProcess:
     port_file = workdir / f"port-{time.monotonic_ns()}"
     env = {**os.environ, "FEDGE_OPERATOR_TOKEN": OPERATOR, "PYTHONPATH": str(REPO)}
@@ -67,6 +68,8 @@ def start_server(
         stderr=subprocess.STDOUT,
         env=env,
         cwd=REPO,
+        # Only resource.setrlimit-style calls (async-signal-safe enough) are passed.
+        preexec_fn=preexec_fn,  # noqa: PLW1509
     )
     deadline = time.monotonic() + timeout
     while not port_file.exists():
