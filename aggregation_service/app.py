@@ -356,6 +356,28 @@ async def create_enrollment_token(request: web.Request) -> web.Response:
     )
 
 
+_DEVICE_STATES = ("enrolled", "eligible", "ineligible", "revoked")
+
+
+async def list_devices(request: web.Request) -> web.Response:
+    await require_operator(request)
+    state = request.query.get("state")
+    if state is not None and state not in _DEVICE_STATES:
+        raise bad_request("bad_parameter", f"state must be one of {', '.join(_DEVICE_STATES)}")
+    limit = _int_param(request.query.get("limit", "1000"), "limit")
+    if not 1 <= limit <= 100_000:
+        raise bad_request("bad_parameter", "limit must be 1–100000")
+    devices = await request.app[SERVICE].list_devices(limit=limit, state=state)
+    return web.json_response({"devices": devices})
+
+
+async def revoke_device(request: web.Request) -> web.Response:
+    await require_operator(request)
+    return web.json_response(
+        await request.app[SERVICE].revoke_device(request.match_info["device"])
+    )
+
+
 # --- device handlers -------------------------------------------------------------------------
 
 
@@ -626,6 +648,8 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("PATCH", "/v1/models/{model}/config", patch_config),
     ("PUT", "/v1/models/{model}/eval-data", put_eval_data),
     ("POST", "/v1/enrollment-tokens", create_enrollment_token),
+    ("GET", "/v1/devices", list_devices),
+    ("POST", "/v1/devices/{device}/revoke", revoke_device),
     ("POST", "/v1/devices/enroll", enroll),
     ("POST", "/v1/devices/checkin", checkin),
     ("POST", "/v1/devices/updates", upload_update),

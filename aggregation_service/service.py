@@ -1099,6 +1099,28 @@ class AggregationService:
                 self._device_cache.popitem(last=False)
         return device
 
+    async def revoke_device(self, device_id: str) -> dict[str, Any]:
+        """Revoke a device's token at once (cached authentications included)
+        and free its open assignments; updates it already had acknowledged
+        stay. It can enroll again only with a new enrollment token."""
+        released = await self.store.run(self.store.revoke_device, device_id)
+        if released is None:
+            raise not_found("unknown_device", f"no device {device_id!r}")
+        for digest in [d for d, dev in self._device_cache.items() if dev == device_id]:
+            del self._device_cache[digest]
+        self._seen.pop(device_id, None)
+        freed = 0
+        for rt in self.models.values():
+            for aid in [a for a, o in rt.open_assignments.items() if o.device_id == device_id]:
+                del rt.open_assignments[aid]
+                freed += 1
+        log.warning("device %s revoked (%d open assignments freed)", device_id, freed)
+        return {"device_id": device_id, "state": "revoked", "assignments_freed": freed}
+
+    async def list_devices(self, *, limit: int, state: str | None) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = await self.store.run(self.store.list_devices, limit, state)
+        return rows
+
     def check_operator(self, token: str) -> bool:
         expected = self.config.operator_token
         return expected is not None and hmac.compare_digest(

@@ -30,6 +30,7 @@ ROUTES: list[tuple[str, str, handlers.Handler]] = [
     ("POST", "/dashboard/api/models/{model}/rollback", handlers.rollback),
     ("POST", "/dashboard/api/models/{model}/pause", handlers.pause),
     ("POST", "/dashboard/api/models/{model}/resume", handlers.resume),
+    ("POST", "/dashboard/api/devices/{device}/revoke", handlers.revoke_device),
 ]
 
 

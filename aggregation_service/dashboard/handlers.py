@@ -250,6 +250,12 @@ async def resume(request: web.Request) -> web.Response:
     return _json(await service.set_paused(request.match_info["model"], False))
 
 
+async def revoke_device(request: web.Request) -> web.Response:
+    _require_change(request)
+    service = request.app[DASHBOARD].service
+    return _json(await service.revoke_device(request.match_info["device"]))
+
+
 async def static_file(request: web.Request) -> web.Response:
     found = request.app[DASHBOARD].static.get(request.match_info["name"])
     if found is None:

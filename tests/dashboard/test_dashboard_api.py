@@ -410,3 +410,20 @@ async def test_infinite_epsilon_is_null_in_strict_json(make_env: EnvFactory) -> 
     state = json.loads(text, parse_constant=refuse)  # what a browser's JSON.parse accepts
     assert state["counters"]["dp_epsilon"] == {"m": None}
     assert state["models"][0]["versions"][1]["privacy"]["epsilon"] is None
+
+
+async def test_revoke_a_device_from_the_dashboard(make_env: EnvFactory) -> None:
+    env = await make_env()
+    (device,) = await env.enroll(1)
+    csrf = await _login(env.client)
+    url = f"/dashboard/api/devices/{device.device_id}/revoke"
+    r = await env.client.post(url)  # a session alone is not enough
+    assert r.status == 403 and _error(await r.json()) == "bad_csrf"
+    r = await env.client.post(url, headers={"X-Fedge-CSRF": csrf})
+    assert r.status == 200 and (await r.json())["state"] == "revoked"
+    r = await env.client.post(
+        "/v1/devices/checkin", json={"model": "m", "eligible": True}, headers=device.auth
+    )
+    assert r.status == 401
+    r = await env.client.post("/dashboard/api/devices/dev-x/revoke", headers={"X-Fedge-CSRF": csrf})
+    assert r.status == 404 and _error(await r.json()) == "unknown_device"

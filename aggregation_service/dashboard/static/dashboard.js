@@ -305,6 +305,19 @@
   $("rollback").addEventListener("click", () =>
     act("Roll " + selected + " back to the version live before the last promotion? The open buffer is dropped and training continues from it.",
       "rollback", undefined, selected + " rolled back"));
+  $("revoke-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const id = $("revoke-id").value.trim();
+    if (!id || !(await confirmWith("Revoke device " + id + "? Its token stops working at once; its open plans are freed. It can only enroll again with a new enrollment token."))) return;
+    try {
+      const answer = await call("POST", "/dashboard/api/devices/" + encodeURIComponent(id) + "/revoke");
+      setStatus(id + " revoked (" + answer.assignments_freed + " open plans freed)", "ok");
+      $("revoke-id").value = "";
+    } catch (err) {
+      setStatus(err.message, "error");
+    }
+    await poll();
+  });
   $("logout").addEventListener("click", async () => {
     try { await call("POST", "/logout"); } catch (e) { /* already logged out */ }
     window.location.assign("/");
