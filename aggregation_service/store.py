@@ -137,6 +137,12 @@ class ModelRow:
     rounds_abandoned: int
 
 
+def _model_row(row: Sequence[Any]) -> ModelRow:
+    # SQLite keeps booleans as integers: the row says what the field means.
+    name, created_at, paused, *rest = row
+    return ModelRow(name, created_at, bool(paused), *rest)
+
+
 @dataclass(frozen=True)
 class Assignment:
     assignment_id: str
@@ -222,11 +228,11 @@ class Store:
 
     def models(self) -> list[ModelRow]:
         rows = self.conn.execute("SELECT * FROM models ORDER BY name").fetchall()
-        return [ModelRow(*r) for r in rows]
+        return [_model_row(r) for r in rows]
 
     def model(self, name: str) -> ModelRow | None:
         row = self.conn.execute("SELECT * FROM models WHERE name = ?", (name,)).fetchone()
-        return ModelRow(*row) if row else None
+        return _model_row(row) if row else None
 
     def versions(self, model: str) -> list[VersionRow]:
         rows = self.conn.execute(
@@ -389,16 +395,68 @@ class Store:
 
     def device_by_token(self, token_hash: str) -> str | None:
         row = self.conn.execute(
-            "SELECT device_id FROM devices WHERE token_hash = ?", (token_hash,)
+            "SELECT device_id FROM devices WHERE token_hash = ? AND state != 'revoked'",
+            (token_hash,),
         ).fetchone()
         return str(row[0]) if row else None
 
     def touch_devices(self, seen: Sequence[tuple[str, str, float]]) -> None:
-        """(device_id, state, last_seen) of many check-ins in one transaction."""
+        """(device_id, state, last_seen) of many check-ins in one transaction;
+        a device revoked meanwhile stays revoked."""
         self._tx(lambda conn: conn.executemany(
-            "UPDATE devices SET state = ?, last_seen = ? WHERE device_id = ?",
+            "UPDATE devices SET state = ?, last_seen = ? WHERE device_id = ? "
+            "AND state != 'revoked'",
             [(state, now, device_id) for device_id, state, now in seen],
         ))
+
+    def revoke_device(self, device_id: str) -> list[str] | None:
+        """Revoke a device's token and expire its open assignments (their ids);
+        None if there is no such device. Revoking twice is not an error."""
+
+        def body(conn: sqlite3.Connection) -> list[str] | None:
+            if conn.execute(
+                "SELECT 1 FROM devices WHERE device_id = ?", (device_id,)
+            ).fetchone() is None:
+                return None
+            conn.execute("UPDATE devices SET state = 'revoked' WHERE device_id = ?", (device_id,))
+            ids = [
+                str(r[0])
+                for r in conn.execute(
+                    "SELECT assignment_id FROM assignments WHERE device_id = ? AND state = 'open'",
+                    (device_id,),
+                )
+            ]
+            conn.execute(
+                "UPDATE assignments SET state = 'expired' WHERE device_id = ? AND state = 'open'",
+                (device_id,),
+            )
+            return ids
+
+        return self._tx(body)
+
+    def list_devices(self, limit: int, state: str | None) -> list[dict[str, Any]]:
+        where, args = ("WHERE state = ?", (state,)) if state else ("", ())
+        rows = self.conn.execute(
+            "SELECT device_id, profile, state, enrolled_at, last_seen FROM devices "
+            f"{where} ORDER BY enrolled_at LIMIT ?",
+            (*args, limit),
+        ).fetchall()
+        out = []
+        for device_id, profile, state_, enrolled_at, last_seen in rows:
+            try:
+                parsed = json.loads(profile)
+            except json.JSONDecodeError:
+                parsed = {}
+            out.append(
+                {
+                    "device_id": device_id,
+                    "profile": parsed if isinstance(parsed, dict) else {},
+                    "state": state_,
+                    "enrolled_at": enrolled_at,
+                    "last_seen": last_seen,
+                }
+            )
+        return out
 
     def devices_by_state(self) -> dict[str, int]:
         rows = self.conn.execute("SELECT state, COUNT(*) FROM devices GROUP BY state").fetchall()
