@@ -54,9 +54,33 @@ class RepeatLimiter(logging.Filter):
         return False
 
 
+class ClientErrors(logging.Filter):
+    """aiohttp logs a request it cannot parse (a control byte in a header, an
+    over-long line) at ERROR with a traceback: that is a client's mistake,
+    already answered 400. Make it one INFO line."""
+
+    def __init__(self, kinds: tuple[type[BaseException], ...]) -> None:
+        super().__init__()
+        self.kinds = kinds
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        info = record.exc_info
+        if info and info[1] is not None and isinstance(info[1], self.kinds):
+            record.msg = f"{record.getMessage()}: {info[1]!s}".replace("\n", " ")
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
 def install(logger: logging.Logger | None = None) -> RepeatLimiter:
-    """Add one limiter to every handler of ``logger`` (default: the root)."""
+    """Add the filters to every handler of ``logger`` (default: the root)."""
+    from aiohttp.http_exceptions import HttpProcessingError  # noqa: PLC0415 (server only)
+
     limiter = RepeatLimiter()
+    client_errors = ClientErrors((HttpProcessingError,))
     for handler in (logger or logging.getLogger()).handlers:
+        handler.addFilter(client_errors)  # first: a rewritten record is limited as itself
         handler.addFilter(limiter)
     return limiter

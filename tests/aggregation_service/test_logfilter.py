@@ -44,3 +44,25 @@ def test_memory_stays_bounded_under_distinct_messages() -> None:
     for i in range(10_000):
         assert limiter.filter(_record(f"distinct {i}"))
     assert len(limiter._windows) <= 100
+
+
+def test_unparseable_requests_are_one_info_line() -> None:
+    from aiohttp.http_exceptions import BadHttpMessage
+
+    from aggregation_service.logfilter import ClientErrors
+
+    try:
+        raise BadHttpMessage("Invalid header value char")
+    except BadHttpMessage:
+        import sys
+
+        info = sys.exc_info()
+    record = logging.LogRecord(
+        "aiohttp.server", logging.ERROR, __file__, 1, "Error handling request from %s",
+        ("127.0.0.1",), info,
+    )
+    assert ClientErrors((BadHttpMessage,)).filter(record)
+    assert record.levelno == logging.INFO and record.exc_info is None
+    assert record.getMessage().startswith("Error handling request from 127.0.0.1: 400")
+    other = logging.LogRecord("x", logging.ERROR, __file__, 1, "boom", (), None)
+    assert ClientErrors((BadHttpMessage,)).filter(other) and other.levelno == logging.ERROR
