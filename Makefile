@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 LIB := fedge model_export quantization aggregation_service edge_client device_profiles privacy
 PIP_FLAGS ?= --disable-pip-version-check -q
 
-.PHONY: demo test lint typecheck unit venv clean bench browser
+.PHONY: demo test lint typecheck unit venv clean bench system-deps
 
 # The full development environment: every extra, TensorFlow included.
 $(VENV)/.stamp: pyproject.toml
@@ -42,12 +42,13 @@ lint: $(VENV)/.stamp
 typecheck: $(VENV)/.stamp
 	$(BIN)/mypy
 
-# Debian's chromium for the dashboard's browser test (Playwright drives it; it
-# never downloads a browser of its own).
-browser:
-	scripts/browser-deps.sh
+# Debian packages the tests drive for real: chromium for the dashboard's
+# browser test (Playwright drives it; it never downloads a browser of its
+# own), fiu-utils for fault injection into a real fedge serve.
+system-deps:
+	scripts/system-deps.sh
 
-unit: venv browser
+unit: venv system-deps
 	FEDGE_EDGE_PYTHON=$(abspath $(EDGE_VENV))/bin/python \
 	FEDGE_TFLITE_PYTHON=$(abspath $(TFLITE_VENV))/bin/python \
 	$(BIN)/pytest -n 2 --dist loadfile

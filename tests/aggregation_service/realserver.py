@@ -42,12 +42,14 @@ def start_server(
     scheme: str = "http",
     timeout: float = 60.0,
     preexec_fn: Any = None,
+    wrapper: tuple[str, ...] = (),
 ) -> ServerProcess:
     port_file = workdir / f"port-{time.monotonic_ns()}"
     env = {**os.environ, "FEDGE_OPERATOR_TOKEN": OPERATOR, "PYTHONPATH": str(REPO)}
     log = (workdir / "server.log").open("ab")
     proc = subprocess.Popen(
         [
+            *wrapper,  # e.g. fiu-run -x: a fault-injecting launcher that execs the server
             sys.executable,
             "-m",
             "aggregation_service",

@@ -10,7 +10,7 @@ the confirmation dialog (a cancelled dialog changes nothing), pauses and
 resumes, rolls back (refused with the service's reason, then done), and logs
 out. Screenshots go to test-artifacts/dashboard/.
 
-Chromium comes from ``make browser`` (scripts/browser-deps.sh). In CI a
+Chromium comes from ``make system-deps`` (scripts/system-deps.sh). In CI a
 missing browser or playwright package fails the test; elsewhere it skips.
 """
 
@@ -52,7 +52,7 @@ def require_browser() -> None:
     except ImportError:
         missing.append("the playwright package (pip install -e '.[dev]')")
     if not CHROMIUM.is_file():
-        missing.append(f"{CHROMIUM} (run `make browser`)")
+        missing.append(f"{CHROMIUM} (run `make system-deps`)")
     if missing:
         message = "the dashboard browser test needs " + " and ".join(missing)
         if os.environ.get("CI"):
