@@ -33,9 +33,13 @@ from aggregation_service.config import ConnectionLimits
 
 log = logging.getLogger("aggregation_service.connections")
 
-# File descriptors kept free for the update log, SQLite, blobs and evaluation
-# when the connection cap is derived from the open-file limit.
-RESERVED_FDS = 128
+# The listen backlog: asyncio accepts up to this many sockets in one go (each
+# an fd) before the guard sees the first of them.
+BACKLOG = 128
+# File descriptors kept free when the connection cap is derived from the
+# open-file limit: the update log, SQLite, blobs and evaluation, plus one
+# accept burst.
+RESERVED_FDS = 128 + BACKLOG
 
 
 def raise_open_file_limit() -> int:
@@ -301,7 +305,7 @@ class GuardedSite(web.BaseSite):
         *,
         ssl_context: SSLContext | None = None,
     ) -> None:
-        super().__init__(runner, ssl_context=ssl_context)
+        super().__init__(runner, ssl_context=ssl_context, backlog=BACKLOG)
         self._host, self._port, self._guard = host, port, guard
         self._bound = port
 

@@ -148,7 +148,9 @@ async def test_repeated_sigkills(tmp_path: Path) -> None:
             "buffer_size": K,
             "staleness_exponent": A,
             "max_staleness": 1000,
-            "over_provisioning": 1.6,  # 8 outstanding plans for K = 5: pacing matters
+            # 20 plans for K = 5: room for the plans whose answers a kill lost (each
+            # stays outstanding until its deadline), so only revived ones could fill it.
+            "over_provisioning": 4.0,
             "pace_min_retry_s": 0.5,
             "pace_max_retry_s": PACE_MAX_S,
             "optimizer": {"name": "fedavg", "learning_rate": SERVER_LR},

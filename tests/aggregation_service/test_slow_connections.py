@@ -145,17 +145,17 @@ async def _metrics(port: int) -> str:
 
 
 def _low_nofile() -> None:
-    resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (512, 512))
 
 
 async def test_healthz_answers_at_a_low_open_file_limit(tmp_path: Path) -> None:
-    """systemd's default soft limit is 1,024; 256 here so that 400 slow
+    """systemd's default soft limit is 1,024; 512 here so that 600 slow
     connections exceed it. Without the cap every accept failed with EMFILE,
     /healthz timed out and each failure logged a traceback."""
     server = _server(tmp_path, _low_nofile, header_timeout_s=30.0, max_connections_per_peer=0)
     held: list[Any] = []
     try:
-        for _ in range(400):
+        for _ in range(600):
             with contextlib.suppress(OSError):
                 held.append(await _open(server.port))
         await asyncio.sleep(0.5)
