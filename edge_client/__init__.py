@@ -16,6 +16,7 @@ Modules, by role::
     worker.py         ``python -m edge_client.worker``
     data.py           local data: .npz, CSV, module:function
     storage.py        atomic state files, identity, residual, the upload queue
+    paths.py          safe names (model, sha256) and paths kept inside the state directory
     retry.py          exponential backoff with full jitter, RetryInvoker
     config.py         AgentConfig (YAML → frozen dataclasses)
     cli.py            ``fedge agent init|run|status|install-service``
@@ -33,6 +34,7 @@ Exceptions (``edge_client.errors``)::
         ├── StateWriteError (OSError)     disk full, read-only, permissions
         ├── StateReadError                a corrupt state file (set aside)
         ├── EligibilityError              a provider failed (bad JSON, timeout, missing)
+        ├── UnsafeNameError (ValueError)  a name that would lead outside the state directory
         ├── DataError (ValueError)        local data missing or not fitting the model
         ├── ServerError                   an HTTP answer the agent cannot use
         │                                 (.status, .code, .retryable, .retry_after)

@@ -43,6 +43,7 @@ from edge_client.errors import (
     TrainingError,
 )
 from edge_client.lifecycle import AgentState, Lifecycle
+from edge_client.outcome import Outcome
 from edge_client.protocol import AGENT_VERSION, Plan, ProtocolClient
 from edge_client.retry import Backoff
 from edge_client.status import FileStatus, StatusSink
@@ -54,16 +55,19 @@ from fedge.transport import Transport, TransportError
 log = logging.getLogger(__name__)
 S = AgentState
 
-# Outcomes of a cycle (CycleResult.outcome).
-UPLOADED = "uploaded"  # the server accepted this cycle's update (202)
-INELIGIBLE = "ineligible"  # a policy condition was not met; nothing ran
-PACED = "paced"  # the server (or its last retry_after) said to come back later
-LAPSED = "lapsed"  # eligibility lapsed during training; the attempt was abandoned
-CRASHED = "crashed"  # the training worker died (runtime crash)
-DROPPED = "dropped"  # the server refused the update for good (stale, deadline, invalid)
-PENDING = "upload_pending"  # the update is queued on disk; the upload will be retried
-ERROR = "error"  # network, server or local error; backing off
-NOTHING_TRAINED = "nothing_trained"  # the deadline or the data allowed no example
+# Outcomes of a cycle (CycleResult.outcome), edge_client.outcome.Outcome.
+UPLOADED = Outcome.UPLOADED
+INELIGIBLE = Outcome.INELIGIBLE
+PACED = Outcome.PACED
+LAPSED = Outcome.LAPSED
+CRASHED = Outcome.CRASHED
+DROPPED = Outcome.DROPPED
+PENDING = Outcome.PENDING
+ERROR = Outcome.ERROR
+NOTHING_TRAINED = Outcome.NOTHING_TRAINED
+DATA_ERROR = Outcome.DATA_ERROR
+UNKNOWN_MODEL = Outcome.UNKNOWN_MODEL
+REFUSED_PLAN = Outcome.REFUSED_PLAN
 
 UPLOAD_TRIES_PER_CYCLE = 3
 MAX_RESULTS = 20
@@ -74,7 +78,7 @@ MIN_WAKE_S = 1.0
 
 @dataclass(frozen=True)
 class CycleResult:
-    outcome: str
+    outcome: Outcome
     wait_s: float  # how long run_forever sleeps before the next cycle
     at: float  # wall time the cycle ended
     reasons: tuple[str, ...] = ()
@@ -93,6 +97,7 @@ class CycleResult:
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if v not in (None, "", (), {})}
+        out["outcome"] = str(self.outcome)
         out["reasons"] = list(self.reasons)
         out["download"] = dict(self.download)
         return out
@@ -111,8 +116,13 @@ class Agent:
         identity: Identity | None = None,
         rng: random.Random | None = None,
         status: StatusSink | None = None,
+        ignore_eligibility: bool = False,
     ) -> None:
         self.config = config
+        # `fedge agent run --once --ignore-eligibility`: try the agent on a
+        # development machine (busy, no battery). Every cycle logs what it
+        # ignored; the installed service unit never passes it.
+        self.ignore_eligibility = ignore_eligibility
         self.clock = clock
         self.transport = transport
         self.provider = provider
@@ -140,6 +150,7 @@ class Agent:
         self._started = False
         self._accepted: dict[str, str] = {}  # idempotency key → update_id, last drain
         self._dropped: dict[str, str] = {}  # idempotency key → why, last drain
+        self._ignored: tuple[str, ...] = ()  # reasons last ignored (--ignore-eligibility)
         # TEST SEAM: builds the privacy.secagg.SecAggClient of a secure aggregation
         # round (tests substitute a recording or lying client); None: the real one.
         self.secagg_client_factory: Callable[[str], Any] | None = None
@@ -177,7 +188,7 @@ class Agent:
         self._write_status()
         return result
 
-    def _result(self, outcome: str, wait_s: float, **kwargs: Any) -> CycleResult:
+    def _result(self, outcome: Outcome, wait_s: float, **kwargs: Any) -> CycleResult:
         return self._finish(CycleResult(outcome, max(0.0, wait_s), self.clock.time(), **kwargs))
 
     def _to(self, state: AgentState, why: str = "") -> None:
@@ -212,6 +223,14 @@ class Agent:
     async def check_eligibility(self) -> Eligibility:
         state = await self.provider.read()
         self.eligibility = self.policy.evaluate(state)
+        if self.ignore_eligibility and not self.eligibility.eligible:
+            if self.eligibility.reasons != self._ignored:
+                log.warning(
+                    "ignoring eligibility (--ignore-eligibility): would not train now (%s)",
+                    ", ".join(self.eligibility.reasons),
+                )
+            self._ignored = self.eligibility.reasons
+            self.eligibility = replace(self.eligibility, eligible=True, reasons=())
         return self.eligibility
 
     def _backoff_wait(self, floor: float = 0.0) -> float:
@@ -282,13 +301,22 @@ class Agent:
         try:
             answer = await self.client.checkin(self._checkin_payload(eligibility))
         except (TransportError, ServerError) as exc:
-            floor = _retry_floor(exc)
-            wait = self._backoff_wait(floor)
-            if isinstance(exc, ServerError) and not exc.retryable:
-                wait = max(wait, self.config.backoff.max_s)  # 401/403/4xx: no point hammering
-            self._to(S.BACKING_OFF, f"check-in failed: {exc}")
-            return self._result(ERROR, wait, detail=f"check-in: {exc}")
+            return self._checkin_failed(exc)
         self.pending_reasons.clear()
+        if answer.plan is not None and answer.plan.model != self.config.model:
+            # Only a broken or hostile server (or a man in the middle of plain
+            # HTTP) sends this: never train, cache or write anything for it.
+            wait = self._backoff_wait()
+            log.error(
+                "refusing a plan for model %r: this agent trains %r only (is %s the server "
+                "you enrolled with?); backing off %.0f s",
+                answer.plan.model, self.config.model, self.config.server, wait,
+            )
+            self._to(S.BACKING_OFF, "plan for another model")
+            return self._result(
+                REFUSED_PLAN, wait,
+                detail=f"plan for model {answer.plan.model!r}, configured {self.config.model!r}",
+            )
         if answer.action == "wait" or answer.plan is None:
             self._next_checkin_at = self.clock.monotonic() + answer.retry_after
             self._to(S.PACED, f"server: wait {answer.retry_after:.1f} s ({answer.reason})")
@@ -297,6 +325,26 @@ class Agent:
                 PACED, answer.retry_after, detail=f"server said wait ({answer.reason})"
             )
         return await self._train_and_upload(answer.plan)
+
+    def _checkin_failed(self, exc: TransportError | ServerError) -> CycleResult:
+        wait = self._backoff_wait(_retry_floor(exc))
+        outcome = ERROR
+        if isinstance(exc, ServerError) and exc.code == "unsafe_plan":
+            outcome = REFUSED_PLAN
+            log.error("%s; backing off %.0f s", exc, wait)
+        elif isinstance(exc, ServerError) and not exc.retryable:
+            wait = max(wait, self.config.backoff.max_s)  # 401/403/4xx: no point hammering
+            if exc.code == "unknown_model":
+                outcome = UNKNOWN_MODEL
+                log.error(
+                    "the server %s has no model %r: fix `model:` in the agent's config (the "
+                    "operator's `fedge models list` shows the names) or ask the operator to push "
+                    "it; checking in again in %.0f s", self.config.server, self.config.model, wait,
+                )
+            else:
+                log.error("check-in refused (%s); checking in again in %.0f s", exc, wait)
+        self._to(S.BACKING_OFF, f"check-in failed: {exc}")
+        return self._result(outcome, wait, detail=f"check-in: {exc}")
 
     def _checkin_payload(self, eligibility: Eligibility) -> dict[str, Any]:
         extra = sorted(self.pending_reasons - set(eligibility.reasons))
@@ -527,6 +575,14 @@ class Agent:
             if session is not None:
                 await session.abort()
             self._to(S.BACKING_OFF, f"training failed: {exc}")
+            if isinstance(exc, DataError):
+                wait = self._backoff_wait()
+                log.error("the local data does not fit model %r version %d: %s (`fedge agent "
+                          "check` re-runs this check); trying again in %.0f s",
+                          plan.model, plan.version, exc, wait)
+                return self._result(
+                    DATA_ERROR, wait, version=plan.version, detail=f"data: {exc}"
+                )
             return self._result(
                 ERROR, self._backoff_wait(), version=plan.version, detail=f"training: {exc}"
             )

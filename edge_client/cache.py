@@ -33,6 +33,7 @@ import numpy as np
 
 from edge_client import codec
 from edge_client.errors import DownloadError, IntegrityError, ServerError, StateReadError
+from edge_client.paths import inside, safe_name, safe_sha256
 from edge_client.protocol import Plan, ProtocolClient, check_status
 from edge_client.storage import StateDir, arrays_from_bytes, arrays_to_bytes, read_json
 from edge_client.transport import StreamingTransport
@@ -154,19 +155,26 @@ class ModelCache:
             return remembered
         return self._load_weights(self._weights_path(model, version))
 
+    # Every name below comes from a plan, i.e. from the network: each is
+    # checked before it becomes a path (edge_client.paths), and every write
+    # checks that the resolved file is inside the state directory.
     def _weights_path(self, model: str, version: int) -> Path:
-        return self.root / "weights" / model / f"{version}.npz"
+        return self.root / "weights" / safe_name(model, "model") / f"{int(version)}.npz"
 
     def _manifest_path(self, model: str, version: int) -> Path:
-        return self.root / "manifests" / model / f"{version}.json"
+        return self.root / "manifests" / safe_name(model, "model") / f"{int(version)}.json"
 
     def _graph_path(self, sha: str) -> Path:
-        return self.root / "graphs" / f"{sha}.tflite"
+        return self.root / "graphs" / f"{safe_sha256(sha, 'graph_sha256')}.tflite"
+
+    def _write(self, path: Path, data: bytes) -> None:
+        self.state.writer.write_bytes(inside(self.state.root, path), data)
 
     # fetching ------------------------------------------------------------
     async def _fetch_resumable(self, url: str, name: str, stats: DownloadStats) -> bytes:
-        part = self.root / "partial" / f"{name}.part"
+        part = self.root / "partial" / f"{safe_name(name, 'download')}.part"
         part.parent.mkdir(parents=True, exist_ok=True)
+        part = inside(self.state.root, part)
         offset = part.stat().st_size if part.exists() else 0
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         if offset:
@@ -218,7 +226,7 @@ class ModelCache:
             raise IntegrityError(
                 f"manifest sha256 {manifest.sha256} does not match the plan's {plan.graph_sha256}"
             )
-        self.state.writer.write_bytes(path, resp.body)
+        self._write(path, resp.body)
         return manifest
 
     async def _graph(self, plan: Plan, stats: DownloadStats) -> Path:
@@ -245,7 +253,7 @@ class ModelCache:
                 f"downloaded model.tflite has sha256 {digest}, the plan says {plan.graph_sha256}"
             )
         stats.graph_bytes = len(data)
-        self.state.writer.write_bytes(path, data)
+        self._write(path, data)
         key = _identity(path)
         if key is not None:
             self._verified_graphs[path] = (key, digest)
@@ -321,9 +329,7 @@ class ModelCache:
 
     def _commit(self, plan: Plan, weights: Mapping[str, np.ndarray]) -> None:
         """Store the version's weights, point the index at it, drop older versions."""
-        self.state.writer.write_bytes(
-            self._weights_path(plan.model, plan.version), arrays_to_bytes(weights)
-        )
+        self._write(self._weights_path(plan.model, plan.version), arrays_to_bytes(weights))
         # Read-only: every later cycle on this version shares these arrays.
         kept = {}
         for name, array in weights.items():

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from edge_client.errors import ConfigError
+from edge_client.errors import ConfigError, UnsafeNameError
+from edge_client.paths import safe_name
 
 _HOURS = re.compile(r"^\s*(\d{1,2})(?::00)?\s*-\s*(\d{1,2})(?::00)?\s*$")
 
@@ -333,6 +334,10 @@ class AgentConfig:
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise ConfigError(f"server: expected an http(s) URL, got {server!r}")
         model = str(top.text("model", required=True))
+        try:
+            safe_name(model, "model")  # it names files in the state directory
+        except UnsafeNameError as exc:
+            raise ConfigError(str(exc)) from None
         state_dir = Path(str(top.text("state_dir", required=True))).expanduser()
         if not state_dir.is_absolute() and base_dir is not None:
             state_dir = base_dir / state_dir

@@ -37,6 +37,11 @@ class EligibilityError(AgentError):
     """A device-state provider failed (its command is missing, printed bad JSON, …)."""
 
 
+class UnsafeNameError(AgentError, ValueError):
+    """A name that would become a file name (a model name, a hash) could lead
+    outside the state directory: refused before any file is touched."""
+
+
 class DataError(AgentError, ValueError):
     """Local training data is missing, malformed, or does not fit the model."""
 

@@ -14,7 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from edge_client.errors import EnrollmentError, ServerError
+from edge_client.errors import EnrollmentError, ServerError, UnsafeNameError
+from edge_client.paths import safe_name, safe_sha256
 from fedge.transport import Response, Transport, TransportError
 
 log = logging.getLogger(__name__)
@@ -140,6 +141,24 @@ class Plan:
         urls = _field(data, "urls", dict, what)
         for key in ("manifest", "model", "weights"):
             _field(urls, key, str, f"{what}.urls")
+        for key, url in urls.items():
+            # Paths on the server the agent enrolled with, never another host:
+            # the device token goes with every request.
+            if isinstance(url, str) and (not url.startswith("/") or url.startswith("//")):
+                raise ServerError(
+                    f"refusing the plan: {what}.urls.{key}: {url!r} is not a path on this server",
+                    code="unsafe_plan", retryable=True,
+                )
+        try:
+            # The model name and the hashes become file names in the state directory.
+            model = safe_name(_field(data, "model", str, what), f"{what}.model")
+            graph_sha = safe_sha256(_field(data, "graph_sha256", str, what), f"{what}.graph_sha256")
+            weights_sha = safe_sha256(
+                _field(data, "weights_sha256", str, what), f"{what}.weights_sha256"
+            )
+        except UnsafeNameError as exc:
+            raise ServerError(f"refusing the plan: {exc}", code="unsafe_plan",
+                              retryable=True) from exc
         client = _field(data, "client", dict, what)
         epochs = _field(client, "epochs", int, f"{what}.client")
         batch = _field(client, "batch_size", int, f"{what}.client")
@@ -153,10 +172,10 @@ class Plan:
         deadline_at = data.get("deadline_at")
         return cls(
             assignment_id=_field(data, "assignment_id", str, what),
-            model=_field(data, "model", str, what),
+            model=model,
             version=_field(data, "version", int, what),
-            graph_sha256=_field(data, "graph_sha256", str, what),
-            weights_sha256=_field(data, "weights_sha256", str, what),
+            graph_sha256=graph_sha,
+            weights_sha256=weights_sha,
             urls={k: v for k, v in urls.items() if isinstance(v, str)},
             client=ClientPlan(
                 epochs=epochs,

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from edge_client.errors import StateReadError, StateWriteError
+from edge_client.paths import inside, safe_name
 
 log = logging.getLogger(__name__)
 
@@ -240,10 +241,10 @@ class StateDir:
 
     # residual ------------------------------------------------------------
     def residual_path(self, model: str) -> Path:
-        return self.root / "residual" / f"{model}.npz"
+        return self.root / "residual" / f"{safe_name(model, 'model')}.npz"
 
     def save_residual(self, model: str, residual: Mapping[str, np.ndarray]) -> None:
-        path = self.residual_path(model)
+        path = inside(self.root, self.residual_path(model))
         self._residuals.pop(model, None)
         self.writer.write_bytes(path, arrays_to_bytes(residual))
         kept = {}
