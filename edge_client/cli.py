@@ -84,10 +84,20 @@ def register(subparsers: Any) -> None:
     init.add_argument("--force", action="store_true", help="re-enroll over an existing identity")
     init.set_defaults(func=cmd_init)
 
-    run = commands.add_parser("run", help="run the agent (until stopped, or one cycle)")
+    run = commands.add_parser(
+        "run", help="run the agent (until stopped, or one cycle)",
+        description="Run the agent until SIGTERM/SIGINT, or one cycle with --once.",
+        epilog="exit status with --once: 0 an update was uploaded; 3 nothing to do now "
+               "(not eligible, paced by the server, no task); 2 a mistake to fix (config, "
+               "local data, unknown model); 1 any other error (network, server, crash).",
+    )
     common(run)
     run.add_argument("--once", action="store_true",
-                     help="one full cycle, print its result as JSON, exit 0 if uploaded")
+                     help="one full cycle; print its result as JSON; exit status as below")
+    run.add_argument("--ignore-eligibility", action="store_true",
+                     help="train even if the device is busy, on battery or metered (to try the "
+                          "agent on a development machine; logged every cycle; refused by the "
+                          "installed service)")
     run.set_defaults(func=cmd_run)
 
     status = commands.add_parser("status", help="state, eligibility and reasons, last results")
@@ -163,7 +173,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_agent(config: Any) -> Any:
+def build_agent(config: Any, *, ignore_eligibility: bool = False) -> Any:
     from edge_client.agent import Agent
     from edge_client.eligibility import build_provider
     from edge_client.trainer import InProcessTrainer, ProcessTrainer, Trainer
@@ -184,21 +194,31 @@ def build_agent(config: Any) -> Any:
         transport=HttpTransport(config.server, timeout_s=config.request_timeout_s),
         provider=build_provider(config.eligibility, clock),
         trainer=trainer,
+        ignore_eligibility=ignore_eligibility,
     )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from edge_client.service_unit import SERVICE_ENV
+
     config = _load(args)
+    if args.ignore_eligibility and os.environ.get(SERVICE_ENV):
+        raise ConfigError(
+            f"--ignore-eligibility is refused in the installed service ({SERVICE_ENV} is set): "
+            "an unattended agent must respect the device's conditions"
+        )
 
     async def main() -> int:
-        from edge_client.agent import UPLOADED
-
-        agent = build_agent(config)
+        agent = build_agent(config, ignore_eligibility=args.ignore_eligibility)
+        if args.ignore_eligibility:
+            logging.getLogger("edge_client.agent").warning(
+                "--ignore-eligibility: training regardless of power, load, network and hours"
+            )
         try:
             if args.once:
                 result = await agent.run_cycle()
                 print(json.dumps(result.to_dict(), sort_keys=True))
-                return 0 if result.outcome == UPLOADED else 1
+                return int(result.outcome.exit_code)
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):

@@ -13,6 +13,9 @@ import sys
 from pathlib import Path
 
 UNIT_NAME = "fedge-agent.service"
+# Set in the unit: `fedge agent run` refuses --ignore-eligibility when it sees
+# it, so an installed agent always respects the device owner's conditions.
+SERVICE_ENV = "FEDGE_AGENT_SERVICE"
 
 
 def unit_text(config: Path, *, user: bool, python: str | None = None) -> str:
@@ -40,6 +43,8 @@ RestartSec=30
 Nice=19
 IOSchedulingClass=idle
 Environment=PYTHONUNBUFFERED=1
+# Marks the installed agent: it refuses --ignore-eligibility.
+Environment={SERVICE_ENV}=1
 # SIGTERM lets the agent finish writing state; it never needs long.
 TimeoutStopSec=30
 

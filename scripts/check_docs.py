@@ -294,6 +294,15 @@ RULES: list[Rule] = [
             "a cycle needs the host to be charging, idle and unmetered; the test fakes that",
         ),
     ),
+    (
+        r"fedge agent run --once --ignore-eligibility",
+        Mapped(
+            "tests/edge_client/test_run_once.py::"
+            "test_busy_machine_exits_3_and_ignore_eligibility_trains",
+            "the page's agent would train against the shared sandbox server; the test runs "
+            "it on a machine that reports itself busy",
+        ),
+    ),
     (r"fedge agent status", Run(expect=r"state")),
     (
         r"fedge agent install-service --user",

@@ -51,7 +51,7 @@ class RewritePlan:
 
 
 def _files(root: Path) -> set[Path]:
-    return {p for p in root.rglob("*")} if root.exists() else set()
+    return set(root.rglob("*")) if root.exists() else set()
 
 
 HOSTILE = {
@@ -129,7 +129,8 @@ async def test_the_agent_trains_again_once_the_plans_are_genuine(
 
 
 @pytest.mark.parametrize(
-    "name", ["..", ".", "...", "", "a/b", "/abs", "a\\b", "a\x00b", "\u00e9", "x" * 65, "a b", None, 3]
+    "name",
+    ["..", ".", "...", "", "a/b", "/abs", "a\\b", "a\x00b", "\u00e9", "x" * 65, "a b", None, 3],
 )
 def test_unsafe_names_are_refused(name: object) -> None:
     with pytest.raises(UnsafeNameError):
@@ -165,6 +166,6 @@ def test_a_symlink_planted_in_the_state_dir_cannot_redirect_a_write(tmp_path: Pa
 
 
 def test_a_config_naming_an_unsafe_model_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="model: '../x' is not a safe name"):
+    with pytest.raises(ConfigError, match=r"model: '\.\./x' is not a safe name"):
         agent_config(tmp_path, "http://127.0.0.1:9", tmp_path, model="../x")
     assert agent_config(tmp_path, "http://127.0.0.1:9", tmp_path).model == MODEL
