@@ -388,6 +388,18 @@ async def enroll(request: web.Request) -> web.Response:
     return web.json_response(await request.app[SERVICE].enroll(token, profile), status=201)
 
 
+async def enroll_check(request: web.Request) -> web.Response:
+    """What a device checks its data against before it spends an enrollment
+    token: the training version's manifest. The token is checked, not spent;
+    an enrolled device may ask with its own bearer token instead."""
+    data = await read_json(request)
+    model = _field(data, "model", str)
+    token = _field(data, "enrollment_token", str, required=False)
+    if token is None:
+        await require_device(request)
+    return web.json_response(await request.app[SERVICE].enroll_check(model, token))
+
+
 async def checkin(request: web.Request) -> web.Response:
     device = await require_device(request)
     assert device is not None
@@ -651,6 +663,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/v1/devices", list_devices),
     ("POST", "/v1/devices/{device}/revoke", revoke_device),
     ("POST", "/v1/devices/enroll", enroll),
+    ("POST", "/v1/devices/enroll/check", enroll_check),
     ("POST", "/v1/devices/checkin", checkin),
     ("POST", "/v1/devices/updates", upload_update),
     ("POST", "/v1/devices/secagg/{round}/{step}", secagg_send),

@@ -807,6 +807,22 @@ def openapi_document() -> dict[str, Any]:
                 },
             )
         },
+        "/v1/devices/enroll/check": {
+            "post": _op(
+                "Before enrolling: the manifest of a model's training version, for a device "
+                "to check its local data against (enrollment_token in the body, not spent; or "
+                "an enrolled device's bearer token)",
+                security=None,
+                body="application/json",
+                codes={
+                    "200": "{model, version, manifest}",
+                    "400": "bad JSON or fields",
+                    "401": "bad_enrollment_token (unknown, used up or expired) or unauthorized",
+                    "404": "unknown_model",
+                    "415": "not JSON",
+                },
+            )
+        },
         "/v1/devices/checkin": {
             "post": _op(
                 "Report state; get a plan or a retry_after (pace steering)",

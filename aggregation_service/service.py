@@ -1087,6 +1087,26 @@ class AggregationService:
             )
         return {"device_id": device_id, "device_token": device_token}
 
+    async def enroll_check(self, model: str, enrollment_token: str | None) -> dict[str, Any]:
+        """The manifest of ``model``'s training version, for a device to check
+        its data before enrolling. An enrollment token, if given, must be
+        usable (401 otherwise) and is not spent; without one the caller has
+        authenticated as a device."""
+        if enrollment_token is not None:
+            usable = await self.store.run(
+                self.store.enrollment_token_usable, hash_token(enrollment_token), self.clock.time()
+            )
+            if not usable:
+                raise ApiError(
+                    401, "bad_enrollment_token", "enrollment token unknown, used up or expired"
+                )
+        rt = self.runtime(model)
+        return {
+            "model": model,
+            "version": rt.training.version,
+            "manifest": json.loads(rt.training.manifest),
+        }
+
     async def authenticate_device(self, token: str) -> str | None:
         digest = hash_token(token)
         device = self._device_cache.get(digest)

@@ -393,6 +393,14 @@ class Store:
 
         return self._tx(body)
 
+    def enrollment_token_usable(self, token_hash: str, now: float) -> bool:
+        """True if the token exists, has a use left and has not expired (nothing is spent)."""
+        row = self.conn.execute(
+            "SELECT uses_left, expires_at FROM enrollment_tokens WHERE token_hash = ?",
+            (token_hash,),
+        ).fetchone()
+        return row is not None and row[0] >= 1 and row[1] >= now
+
     def device_by_token(self, token_hash: str) -> str | None:
         row = self.conn.execute(
             "SELECT device_id FROM devices WHERE token_hash = ? AND state != 'revoked'",

@@ -1,4 +1,4 @@
-"""``fedge agent``: init (enroll), run, status, install-service.
+"""``fedge agent``: init (check the data, enroll), run, check, status, install-service.
 
 Heavy modules (the agent, aiohttp, NumPy, the TFLite runtime) are imported
 inside the command functions: building the ``fedge`` parser stays cheap on a
@@ -59,7 +59,7 @@ def config_path(args: argparse.Namespace) -> Path:
 
 def register(subparsers: Any) -> None:
     agent = subparsers.add_parser(
-        "agent", help="the device agent: enroll, run, status, install as a service",
+        "agent", help="the device agent: enroll, run, check data, status, install as a service",
         description="Run fedge's on-device training agent (docs/agent.md).",
     )
     commands = agent.add_subparsers(dest="agent_command", metavar="AGENT_COMMAND")
@@ -70,7 +70,8 @@ def register(subparsers: Any) -> None:
                        f"{DEFAULT_CONFIG})")
         p.add_argument("--verbose", action="store_true", help="log debug messages")
 
-    init = commands.add_parser("init", help="enroll this device and write its config")
+    init = commands.add_parser(
+        "init", help="check the local data against the model, enroll, write the config")
     common(init)
     init.add_argument("--server", required=True, help="service URL, e.g. http://10.0.0.2:8080")
     init.add_argument("--enroll-token", required=True, help="enrollment token from the operator")
@@ -99,6 +100,15 @@ def register(subparsers: Any) -> None:
                           "agent on a development machine; logged every cycle; refused by the "
                           "installed service)")
     run.set_defaults(func=cmd_run)
+
+    check = commands.add_parser(
+        "check", help="check the local data against the model's current version",
+        description="Load the local data as training does and check it against the manifest "
+                    "of the model's training version on the server (feature shape, label "
+                    "shape and range, .npz keys, CSV columns). Exit 0 if it fits, 2 if not.",
+    )
+    common(check)
+    check.set_defaults(func=cmd_check)
 
     status = commands.add_parser("status", help="state, eligibility and reasons, last results")
     common(status)
@@ -133,9 +143,12 @@ def cmd_init(args: argparse.Namespace) -> int:
         raise ConfigError(f"{state.identity_path} exists: this device is enrolled (use --force)")
     if args.data:
         data = DataConfig.from_cli(args.data, args.label_column)
+        data_later = False
     else:
         (state_dir / "data").mkdir(parents=True, exist_ok=True)
         data = DataConfig(kind="npz", path=str(state_dir / "data"))
+        # Data may arrive after enrollment: check the model now, the data later.
+        data_later = not any((state_dir / "data").glob("*.npz"))
     profile: dict[str, Any] = {"name": args.profile or socket.gethostname()}
     try:
         pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -151,17 +164,23 @@ def cmd_init(args: argparse.Namespace) -> int:
         config = AgentConfig(**{**config.__dict__, "runtime": RuntimeConfig(
             python=args.runtime_python)})
 
-    async def enroll() -> tuple[str, str]:
+    async def enroll() -> tuple[str, str, str | None]:
         transport = HttpTransport(config.server, timeout_s=config.request_timeout_s)
+        client = ProtocolClient(transport)
         try:
-            return await ProtocolClient(transport).enroll(args.enroll_token, profile)
+            # Check the model and the data first: a typo or data that does not
+            # fit must not spend the enrollment token.
+            summary = await _check_before_enrolling(
+                client, config, args.enroll_token, data=not data_later)
+            device_id, token = await client.enroll(args.enroll_token, profile)
+            return device_id, token, summary
         finally:
             await transport.close()
 
     from fedge.transport import TransportError
 
     try:
-        device_id, token = asyncio.run(enroll())
+        device_id, token, summary = asyncio.run(enroll())
     except TransportError as exc:
         raise ConfigError(f"--server: cannot reach {config.server} ({exc})") from exc
     state.prepare()
@@ -170,7 +189,67 @@ def cmd_init(args: argparse.Namespace) -> int:
     print(f"enrolled as {device_id}")
     print(f"config: {path}")
     print(f"state:  {state_dir}")
+    if summary:
+        print(summary)
     return 0
+
+
+async def _check_before_enrolling(client: Any, config: Any, enrollment_token: str | None,
+                                  *, data: bool = True) -> str | None:
+    """The model's training manifest from the server, and the local data checked
+    against it; a summary line, or None if the server cannot tell (an older
+    one). Raises ConfigError for an unknown model, DataError for data that
+    does not fit."""
+    from edge_client.datacheck import check_data
+    from edge_client.errors import ServerError
+
+    try:
+        answer = await client.enroll_check(config.model, enrollment_token)
+    except ServerError as exc:
+        if exc.code == "unknown_model":
+            raise ConfigError(
+                f"--model: the server {config.server} has no model {config.model!r} (the "
+                "operator's `fedge models list` shows the names); nothing was enrolled"
+                + (" and the enrollment token is unused" if enrollment_token else "")
+            ) from exc
+        raise
+    if answer is None:
+        logging.getLogger(__name__).warning(
+            "the server cannot check the data before enrollment; it is checked before each task")
+        return None
+    version, manifest = answer
+    if not data:
+        return (f"model {config.model!r} version {version} found; no data yet in "
+                f"{config.data.path} (`fedge agent check` checks it once it is there)")
+    report = await asyncio.to_thread(check_data, config.data, manifest)
+    return report.summary(config.model, version)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from edge_client.protocol import ProtocolClient
+    from edge_client.storage import StateDir
+    from edge_client.transport import HttpTransport
+    from fedge.transport import TransportError
+
+    config = _load(args)
+    identity = StateDir(config.state_dir).load_identity()
+    if identity is None:
+        raise ConfigError(f"no device identity in {config.state_dir} (run `fedge agent init`)")
+
+    async def check() -> str | None:
+        transport = HttpTransport(config.server, timeout_s=config.request_timeout_s)
+        try:
+            return await _check_before_enrolling(
+                ProtocolClient(transport, identity.device_token), config, None)
+        finally:
+            await transport.close()
+
+    try:
+        summary = asyncio.run(check())
+    except TransportError as exc:
+        raise ConfigError(f"cannot reach {config.server} ({exc})") from exc
+    print(summary or "the server cannot send the model's manifest; nothing was checked")
+    return 0 if summary else 1
 
 
 def build_agent(config: Any, *, ignore_eligibility: bool = False) -> Any:

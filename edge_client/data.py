@@ -32,31 +32,75 @@ class DataSource(Protocol):
         ...
 
 
-def _conform(x: np.ndarray, y: np.ndarray, manifest: Manifest, where: str) -> Batch:
+def _squeezed(shape: tuple[int, ...]) -> list[int]:
+    return [d for d in shape if d != 1]
+
+
+def _label_hint(manifest: Manifest) -> str:
+    label = manifest.label
+    if label.num_classes is not None:
+        return (f"one integer class id in [0, {label.num_classes}) per example: y of shape (n,) "
+                "or (n, 1)")
+    if manifest.loss == "binary_crossentropy" and label.shape in ((), (1,)):
+        return "one 0/1 target per example (a binary head): y of shape (n,) or (n, 1)"
+    if manifest.loss == "binary_crossentropy":
+        return f"a 0/1 target per output (a multi-label head): y of shape (n, {label.shape[-1]})"
+    if not label.shape:
+        return "y of shape (n,)"
+    return f"y of shape (n, {', '.join(map(str, label.shape))})"
+
+
+def conform(x: np.ndarray, y: np.ndarray, manifest: Manifest, where: str) -> Batch:
+    """``(x, y)`` checked against the manifest and shaped as the model takes
+    them, with errors that name ``where`` and say what was expected.
+
+    Shapes are accepted as Keras accepts them: examples whose size matches the
+    model's input are reshaped to it (a flat (n, 40) for an input of (40, 1));
+    labels that differ from the model's label shape only by axes of size 1 are
+    reshaped ((n,) or (n, 1) for a binary head; (n, k) for a multi-label head).
+    """
     shape = manifest.input.shape
-    if x.ndim < 1 or len(x) != len(y):
-        raise DataError(f"{where}: x has {len(x)} rows but y has {len(y)}")
+    if x.ndim < 1 or y.ndim < 1 or len(x) != len(y):
+        raise DataError(f"{where}: x has {len(x) if x.ndim else 0} rows but y has "
+                        f"{len(y) if y.ndim else 0}")
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+        raise DataError(f"{where}: x must be numeric, got dtype {x.dtype}")
     if tuple(x.shape[1:]) != shape:
         if int(np.prod(x.shape[1:])) != int(np.prod(shape)):
             raise DataError(
-                f"{where}: examples have shape {tuple(x.shape[1:])}, the model expects {shape}"
+                f"{where}: examples have shape {tuple(x.shape[1:])} "
+                f"({int(np.prod(x.shape[1:]))} values), the model expects {shape} "
+                f"({int(np.prod(shape))} values)"
             )
         x = x.reshape((len(x), *shape))
-    if not np.issubdtype(x.dtype, np.number):
-        raise DataError(f"{where}: x must be numeric, got {x.dtype}")
     label = manifest.label
-    if tuple(y.shape[1:]) != label.shape:
-        if label.shape == () and y.ndim == 2 and y.shape[1] == 1:
-            y = y[:, 0]
-        else:
+    if not (np.issubdtype(y.dtype, np.number) or y.dtype == np.bool_):
+        raise DataError(f"{where}: y must be numeric, got dtype {y.dtype}; expected "
+                        f"{_label_hint(manifest)}")
+    got = tuple(y.shape[1:])
+    if got != label.shape:
+        if _squeezed(got) != _squeezed(label.shape):
+            onehot = label.num_classes is not None and got == (label.num_classes,)
             raise DataError(
-                f"{where}: labels have shape {tuple(y.shape[1:])}, expected {label.shape}"
+                f"{where}: labels have shape {got} per example, the model expects "
+                f"{label.shape}: {_label_hint(manifest)}"
+                + ("; these look one-hot: store y.argmax(axis=1)" if onehot else "")
             )
+        y = y.reshape((len(y), *label.shape))
+    if not np.all(np.isfinite(y)):
+        raise DataError(f"{where}: y contains NaN or infinity")
     if label.num_classes is not None:
-        if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
-            raise DataError(f"{where}: labels must be integer class ids")
+        if np.any(y != np.round(y)):
+            raise DataError(f"{where}: labels must be integer class ids; expected "
+                            f"{_label_hint(manifest)}")
         if len(y) and (y.min() < 0 or y.max() >= label.num_classes):
-            raise DataError(f"{where}: labels must be in [0, {label.num_classes})")
+            raise DataError(
+                f"{where}: labels must be in [0, {label.num_classes}), found "
+                f"{int(y.min())}..{int(y.max())}"
+            )
+    elif manifest.loss == "binary_crossentropy" and len(y) and (y.min() < 0 or y.max() > 1):
+        raise DataError(f"{where}: binary cross-entropy targets must be in [0, 1], found "
+                        f"{float(y.min()):g}..{float(y.max()):g}")
     x = x.astype(manifest.input.dtype, copy=False)
     y = y.astype(label.dtype, copy=False)
     if not np.all(np.isfinite(x)):
@@ -112,10 +156,18 @@ def load_npz(path: Path, manifest: Manifest) -> ArrayData:
         try:
             with np.load(file, allow_pickle=False) as npz:
                 if "x" not in npz.files or "y" not in npz.files:
-                    raise DataError(f"{file}: expected arrays 'x' and 'y', found {npz.files}")
-                x, y = _conform(npz["x"], npz["y"], manifest, str(file))
-        except (OSError, ValueError) as exc:
+                    raise DataError(
+                        f"{file}: expected arrays 'x' (features) and 'y' (labels), found "
+                        f"{npz.files} (save with np.savez(path, x=..., y=...))"
+                    )
+                x_raw, y_raw = npz["x"], npz["y"]
+        except DataError:
+            raise
+        except (OSError, ValueError, EOFError) as exc:
+            # Only reading fails here: a .npz that opens but does not fit the
+            # model is reported as such by conform below, never as unreadable.
             raise DataError(f"{file}: not a readable .npz ({exc})") from exc
+        x, y = conform(x_raw, y_raw, manifest, str(file))
         xs.append(x)
         ys.append(y)
     return ArrayData(np.concatenate(xs), np.concatenate(ys))
@@ -155,7 +207,7 @@ def load_csv(path: Path, label_column: str, manifest: Manifest) -> ArrayData:
         table = np.asarray(rows, dtype=np.float64)
         y = table[:, label_at]
         x = np.delete(table, label_at, axis=1)
-        x, y = _conform(x, y, manifest, str(file))
+        x, y = conform(x, y, manifest, str(file))
         xs.append(x)
         ys.append(y)
     return ArrayData(np.concatenate(xs), np.concatenate(ys))
@@ -190,7 +242,7 @@ class CallableData:
                 where = f"{self.name} epoch {epoch} batch {i}"
                 if not isinstance(item, tuple) or len(item) != 2:
                     raise DataError(f"{where}: expected an (x, y) tuple")
-                x, y = _conform(np.asarray(item[0]), np.asarray(item[1]), self.manifest, where)
+                x, y = conform(np.asarray(item[0]), np.asarray(item[1]), self.manifest, where)
                 if left is not None:
                     if left <= 0:
                         return

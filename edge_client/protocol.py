@@ -16,6 +16,7 @@ from typing import Any
 
 from edge_client.errors import EnrollmentError, ServerError, UnsafeNameError
 from edge_client.paths import safe_name, safe_sha256
+from fedge.manifest import Manifest, ManifestError
 from fedge.transport import Response, Transport, TransportError
 
 log = logging.getLogger(__name__)
@@ -222,6 +223,37 @@ class ProtocolClient:
         check_status(resp, "enroll", ok=(200, 201))
         data = _json_object(resp, "enroll")
         return _field(data, "device_id", str, "enroll"), _field(data, "device_token", str, "enroll")
+
+    async def enroll_check(
+        self, model: str, enrollment_token: str | None = None
+    ) -> tuple[int, Manifest] | None:
+        """The training version and manifest of ``model``, asked with an
+        enrollment token (checked by the server, not spent) or, without one,
+        this client's device token. None from a server that predates the
+        route. An unknown model is a final ServerError with code
+        ``unknown_model``; a bad enrollment token an EnrollmentError."""
+        body: dict[str, Any] = {"model": model}
+        if enrollment_token is not None:
+            body["enrollment_token"] = enrollment_token
+        resp = await self.transport.request(
+            "POST", "/v1/devices/enroll/check",
+            headers={"Content-Type": "application/json",
+                     **({} if enrollment_token is not None else self._auth())},
+            body=_dumps(body),
+        )
+        code, detail = error_code(resp) if resp.status >= 400 else (None, "")
+        if resp.status in (404, 405) and code != "unknown_model":
+            return None  # an older server: no way to check before enrolling
+        if resp.status == 401 and code == "bad_enrollment_token":
+            raise EnrollmentError(f"enrollment refused (HTTP 401 {code}): {detail}")
+        check_status(resp, "enroll check")
+        data = _json_object(resp, "enroll check")
+        version = _field(data, "version", int, "enroll check")
+        try:
+            manifest = Manifest.from_dict(data.get("manifest"))
+        except ManifestError as exc:
+            raise ServerError(f"enroll check: the server's manifest is invalid: {exc}") from exc
+        return version, manifest
 
     async def checkin(self, payload: Mapping[str, Any]) -> CheckinAnswer:
         resp = await self.transport.request(

@@ -303,6 +303,7 @@ RULES: list[Rule] = [
             "it on a machine that reports itself busy",
         ),
     ),
+    (r"fedge agent check", Run(expect=r"data fits model 'digits'")),
     (r"fedge agent status", Run(expect=r"state")),
     (
         r"fedge agent install-service --user",

@@ -61,7 +61,7 @@ def test_bad_csv(tmp_path: Path, manifest, content: str, message: str) -> None: 
 
 def test_bad_npz(tmp_path: Path, manifest) -> None:  # type: ignore[no-untyped-def]
     np.savez(tmp_path / "a.npz", x=np.zeros((3, 64)), labels=np.zeros(3))
-    with pytest.raises(DataError, match="expected arrays 'x' and 'y'"):
+    with pytest.raises(DataError, match=r"expected arrays 'x' \(features\) and 'y'"):
         open_source(DataConfig("npz", path=str(tmp_path)), manifest)
     (tmp_path / "a.npz").write_bytes(b"not a zip")
     with pytest.raises(DataError, match="not a readable"):
