@@ -1,4 +1,5 @@
-"""Commands: ``fedge serve``, ``fedge push``, ``fedge models …``, ``fedge enroll-token``.
+"""Commands: ``fedge serve``, ``fedge push``, ``fedge models …``, ``fedge enroll-token``,
+``fedge eval-data put``.
 
 The client commands are small wrappers over the operator API; the token comes
 from ``--token`` or ``FEDGE_OPERATOR_TOKEN``. Heavy imports stay inside the
@@ -20,6 +21,7 @@ from typing import Any
 
 from aggregation_service.config import OPERATOR_TOKEN_ENV
 from aggregation_service.errors import ServiceError
+from fedge.server_url import SERVER_HELP, server_arg
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 
@@ -29,19 +31,27 @@ class CliError(ServiceError):
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("serve", help="run the aggregation service")
-    p.add_argument("--data-dir", type=Path, required=True, help="SQLite, blobs and update log")
+    p = subparsers.add_parser(
+        "serve", help="run the aggregation service",
+        description="Run the aggregation service (docs/operator-guide.md). The data directory "
+                    "comes from --data-dir or from data_dir in the --config file.",
+    )
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="SQLite, blobs and update log (default: data_dir in --config)")
     p.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default 8080; 0 picks one)")
     p.add_argument("--config", type=Path, default=None, help="server.yaml")
-    p.add_argument("--tls-cert", type=Path, default=None)
-    p.add_argument("--tls-key", type=Path, default=None)
+    p.add_argument("--tls-cert", type=Path, default=None, help="PEM certificate: serve HTTPS")
+    p.add_argument("--tls-key", type=Path, default=None, help="PEM private key of --tls-cert")
     p.add_argument("--port-file", type=Path, default=None, help="write the bound port here")
     p.add_argument("--log-json", action="store_true", help="log JSON lines")
     p.set_defaults(func=cmd_serve)
 
     def client_args(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--server", default=os.environ.get("FEDGE_SERVER", DEFAULT_SERVER))
+        q.add_argument(
+            "--server", type=server_arg, default=os.environ.get("FEDGE_SERVER", DEFAULT_SERVER),
+            help=f"{SERVER_HELP}; default $FEDGE_SERVER or {DEFAULT_SERVER}",
+        )
         q.add_argument(
             "--token", default=None, help=f"operator token (default ${OPERATOR_TOKEN_ENV})"
         )
@@ -52,31 +62,57 @@ def register(subparsers: Any) -> None:
     p.add_argument("directory", type=Path, help="a `fedge export` output directory")
     p.set_defaults(func=cmd_push)
 
-    p = subparsers.add_parser("enroll-token", help="create a device enrollment token")
+    p = subparsers.add_parser(
+        "enroll-token", help="create a device enrollment token",
+        description="Create an enrollment token for `fedge agent init --enroll-token`. The "
+                    "token is printed alone on stdout (TOKEN=$(fedge enroll-token …) works); "
+                    "its uses and expiry go to stderr.",
+    )
     client_args(p)
-    p.add_argument("--uses", type=int, default=1)
-    p.add_argument("--ttl", type=float, default=86400.0, help="seconds")
+    p.add_argument("--uses", type=int, default=1, help="how many devices may enroll with it")
+    p.add_argument("--ttl", type=float, default=86400.0, help="seconds until it expires")
+    p.add_argument("--json", action="store_true",
+                   help="print the server's JSON answer instead (expires_at in Unix seconds)")
     p.set_defaults(func=cmd_enroll_token)
+
+    p = subparsers.add_parser(
+        "eval-data", help="upload held-out data every new version is evaluated on",
+        description="Upload a held-out .npz (arrays x and y, as devices store their data): "
+                    "the service evaluates every new version on it and shows accuracy and "
+                    "loss per version (`fedge models show`, the dashboard).",
+    )
+    sub = p.add_subparsers(dest="eval_command", metavar="ACTION", required=True)
+    q = sub.add_parser("put", help="upload FILE.npz as MODEL's evaluation data")
+    client_args(q)
+    q.add_argument("model", help="registry name of the model")
+    q.add_argument("file", type=Path, help=".npz with arrays x and y")
+    q.set_defaults(func=cmd_eval_data)
 
     p = subparsers.add_parser("models", help="list and manage models on a server")
     sub = p.add_subparsers(dest="models_command", metavar="ACTION", required=True)
-    q = sub.add_parser("list")
+    q = sub.add_parser("list", help="every model: live and training versions, state")
     client_args(q)
-    for action in ("show", "pause", "resume"):
-        q = sub.add_parser(action)
+    for action, text in (
+        ("show", "one model: versions, lineage, metrics, config"),
+        ("pause", "stop training: check-ins are told to wait, buffers not published"),
+        ("resume", "resume training after pause"),
+    ):
+        q = sub.add_parser(action, help=text)
         client_args(q)
-        q.add_argument("model")
-    q = sub.add_parser("promote")
+        q.add_argument("model", help="registry name of the model")
+    q = sub.add_parser("promote", help="make VERSION the live version (the one for inference)")
     client_args(q)
-    q.add_argument("model")
-    q.add_argument("version", type=int)
-    q = sub.add_parser("rollback")
+    q.add_argument("model", help="registry name of the model")
+    q.add_argument("version", type=int, help="version number")
+    q = sub.add_parser(
+        "rollback", help="make an earlier version live again; training continues from it")
     client_args(q)
-    q.add_argument("model")
-    q.add_argument("--version", type=int, default=None)
+    q.add_argument("model", help="registry name of the model")
+    q.add_argument("--version", type=int, default=None,
+                   help="the version to return to (default: the previous live one)")
     q = sub.add_parser("config", help="show, or change with --set key=value (JSON values)")
     client_args(q)
-    q.add_argument("model")
+    q.add_argument("model", help="registry name of the model")
     q.add_argument(
         "--set",
         action="append",
@@ -91,6 +127,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from aggregation_service.config import load_config
     from aggregation_service.server import run
 
+    if args.data_dir is None and args.config is None:
+        raise CliError("--data-dir is required (or give --config with data_dir in it)")
     config = load_config(args.config, data_dir=args.data_dir).with_overrides(
         host=args.host,
         port=args.port,
@@ -115,7 +153,7 @@ def _request(args: argparse.Namespace, method: str, path: str, **kwargs: Any) ->
     import aiohttp
 
     async def go() -> Any:
-        headers = {"Authorization": f"Bearer {_token(args)}"}
+        headers = {**kwargs.pop("headers", {}), "Authorization": f"Bearer {_token(args)}"}
         timeout = aiohttp.ClientTimeout(total=300)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             try:
@@ -167,11 +205,41 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_enroll_token(args: argparse.Namespace) -> int:
+    import datetime
+
     if args.uses < 1:
         raise CliError("--uses must be ≥ 1")
-    _print(
-        _request(args, "POST", "/v1/enrollment-tokens", json={"uses": args.uses, "ttl_s": args.ttl})
+    answer = _request(
+        args, "POST", "/v1/enrollment-tokens", json={"uses": args.uses, "ttl_s": args.ttl}
     )
+    if args.json:
+        _print(answer)
+        return 0
+    expires = datetime.datetime.fromtimestamp(float(answer["expires_at"]), datetime.UTC)
+    print(answer["token"])
+    uses = int(answer.get("uses", args.uses))
+    print(f"{uses} use{'s' if uses != 1 else ''}, expires "
+          f"{expires.isoformat(timespec='seconds').replace('+00:00', 'Z')}", file=sys.stderr)
+    return 0
+
+
+def cmd_eval_data(args: argparse.Namespace) -> int:
+    import zipfile
+
+    import numpy as np
+
+    try:
+        data = args.file.read_bytes()
+        with np.load(args.file, allow_pickle=False) as npz:
+            keys = set(npz.files)
+    except FileNotFoundError:
+        raise CliError(f"{args.file}: no such file") from None
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise CliError(f"{args.file}: not a readable .npz ({exc})") from exc
+    if not {"x", "y"} <= keys:
+        raise CliError(f"{args.file}: expected arrays 'x' and 'y', found {sorted(keys)}")
+    _print(_request(args, "PUT", f"/v1/models/{args.model}/eval-data", data=data,
+                    headers={"Content-Type": "application/octet-stream"}))
     return 0
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from device_profiles.errors import SimulationError
+from fedge.server_url import SERVER_HELP, server_arg
 
 
 def register(subparsers: Any) -> None:
@@ -22,8 +23,9 @@ def register(subparsers: Any) -> None:
     sim.add_argument("--compare", action="store_true",
                      help="run async (FedBuff) and sync rounds on the same fleet and seed")
     sim.add_argument("--mode", choices=["async", "sync"], help="override the fleet's server.mode")
-    sim.add_argument("--server", metavar="URL",
-                     help="use a running `fedge serve` over HTTP instead of the in-process app")
+    sim.add_argument("--server", metavar="URL", type=server_arg,
+                     help="use a running `fedge serve` over HTTP instead of the in-process app: "
+                          + SERVER_HELP)
     sim.add_argument("--token", help="operator token for --server (default: FEDGE_OPERATOR_TOKEN)")
     sim.add_argument("--ray", action="store_true", help="train on local Ray workers")
     sim.add_argument("--ray-address", help="train on a Ray cluster at this address")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_client.errors import ConfigError
+from fedge.server_url import SERVER_HELP, server_arg
 
 ENV_CONFIG = "FEDGE_AGENT_CONFIG"
 DEFAULT_STATE_DIR = "~/.local/state/fedge-agent"
@@ -73,7 +74,7 @@ def register(subparsers: Any) -> None:
     init = commands.add_parser(
         "init", help="check the local data against the model, enroll, write the config")
     common(init)
-    init.add_argument("--server", required=True, help="service URL, e.g. http://10.0.0.2:8080")
+    init.add_argument("--server", required=True, type=server_arg, help=SERVER_HELP)
     init.add_argument("--enroll-token", required=True, help="enrollment token from the operator")
     init.add_argument("--model", required=True, help="model name to train")
     init.add_argument("--data", help="a .npz directory or file, a .csv, or module:function "

@@ -211,7 +211,7 @@ RULES: list[Rule] = [
     ),
     (
         r"fedge enroll-token (--server \S+ )?--uses \d+( --ttl \d+)?",
-        Run(expect=r'"token"'),
+        Run(expect=r"(?m)^et-\S+$"),
     ),
     (
         r"fedge models (list|show digits|promote digits \d+"

@@ -133,7 +133,7 @@ def test_cli_against_a_real_server(tmp_path: Path, exported_mlp: Path) -> None:
         assert json.loads(r.stdout)["live_version"] == 1
         r = fedge("models", "pause", *url, "digits", env=env)
         assert json.loads(r.stdout)["paused"] is True
-        r = fedge("enroll-token", *url, "--uses", "5", env=env)
+        r = fedge("enroll-token", *url, "--uses", "5", "--json", env=env)
         assert json.loads(r.stdout)["uses"] == 5
         r = fedge("models", "show", *url, "nope", env=env)
         assert r.returncode == 2 and "unknown_model" in r.stderr
