@@ -18,8 +18,12 @@ def register(subparsers: Any) -> None:
         description="Run real fedge agents (one per simulated device) against the real "
                     "aggregation service on a virtual clock; training is real TFLite.",
     )
-    sim.add_argument("fleet", type=Path, help="fleet YAML (see docs/simulation.md)")
+    sim.add_argument("fleet", help="a fleet YAML file, or the name of a built-in fleet "
+                     f"({', '.join(builtin_fleets())}); see docs/simulation.md")
     sim.add_argument("--out", type=Path, required=True, help="report directory")
+    sim.add_argument("--baseline", action="store_true",
+                     help="also train the same model centrally on the fleet's dataset, with the "
+                          "same sequential steps and with the same examples, and report both")
     sim.add_argument("--compare", action="store_true",
                      help="run async (FedBuff) and sync rounds on the same fleet and seed")
     sim.add_argument("--mode", choices=["async", "sync"], help="override the fleet's server.mode")
@@ -65,7 +69,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     from device_profiles.simulate import simulate  # noqa: PLC0415
 
     _quiet_fleet_logs(args)
-    fleet = load_fleet(args.fleet)
+    fleet = load_fleet(resolve_fleet(args.fleet))
     if args.server and (args.ray or args.ray_address):
         raise SimulationError("--server and --ray cannot be combined (choose one)")
     token = args.token or os.environ.get("FEDGE_OPERATOR_TOKEN")
@@ -81,10 +85,36 @@ def run_simulate(args: argparse.Namespace) -> int:
         model_dir=args.model_dir,
     )
     report = simulate(fleet, options)
-    report.prepared.cleanup()
+    try:
+        if args.baseline:
+            from device_profiles.baseline import baseline_section  # noqa: PLC0415
+
+            section = baseline_section(report.prepared, report.results)
+            with report.summary.open("a", encoding="utf-8") as fh:
+                fh.write("\n".join(section) + "\n")
+    finally:
+        report.prepared.cleanup()
     print(report.summary.read_text(encoding="utf-8"))
     print(f"report: {report.summary}")
     return 0
+
+
+def builtin_fleets() -> list[str]:
+    return sorted(p.stem for p in (Path(__file__).parent / "fleets").glob("*.yaml"))
+
+
+def resolve_fleet(text: str) -> Path:
+    """A fleet file, or a built-in fleet's name (``demo``): `fedge simulate demo`
+    works from any directory, not only inside a checkout."""
+    path = Path(text)
+    if path.is_file():
+        return path
+    if text in builtin_fleets():
+        return Path(__file__).parent / "fleets" / f"{text}.yaml"
+    raise SimulationError(
+        f"{text}: no such fleet file, and no built-in fleet of that name (built in: "
+        f"{', '.join(builtin_fleets())})"
+    )
 
 
 def run_demo(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ real ``edge_client.Agent`` per device until the virtual duration ends.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import heapq
 import json
 import logging
@@ -150,6 +151,20 @@ def export_model(fleet: FleetSpec, dataset: Dataset, out: Path) -> Path:
     return out
 
 
+def fit_to_model(dataset: Dataset, manifest: Manifest) -> Dataset:
+    """The dataset with its examples reshaped to the model's input shape when
+    they hold the same number of values, as the agent's loader does
+    (edge_client.data.conform): a 2-D (n, 40) dataset for an input of (40, 1)."""
+    shape = manifest.input.shape
+    if dataset.input_shape == shape or math.prod(dataset.input_shape) != math.prod(shape):
+        return dataset  # equal, or a mismatch check_model reports
+    return dataclasses.replace(
+        dataset,
+        x_train=dataset.x_train.reshape((len(dataset.x_train), *shape)),
+        x_test=dataset.x_test.reshape((len(dataset.x_test), *shape)),
+    )
+
+
 def check_model(fleet: FleetSpec, dataset: Dataset, manifest: Manifest) -> None:
     if manifest.input.shape != dataset.input_shape:
         raise FleetError(
@@ -240,6 +255,7 @@ def prepare(fleet: FleetSpec, options: SimOptions) -> Prepared:
                   weights=weights if fleet.partition.scheme is Scheme.QUANTITY else None)
     model_dir = options.model_dir or export_model(fleet, dataset, workdir / "model")
     manifest, _ = load_model_dir(model_dir)
+    dataset = fit_to_model(dataset, manifest)
     check_model(fleet, dataset, manifest)
     batch = config.client.batch_size
     if options.calibration_step_s is not None:

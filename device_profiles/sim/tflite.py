@@ -74,7 +74,8 @@ def central_baseline(
     x_test: np.ndarray,
     y_test: np.ndarray,
     *,
-    examples: int,
+    examples: int | None = None,
+    steps: int | None = None,
     batch_size: int,
     learning_rate: float,
     seed: int,
@@ -82,23 +83,28 @@ def central_baseline(
     """Train the exported model from its initial weights on the union of all
     devices' data, shuffled each epoch, with the clients' batch size and
     learning rate, for ``examples`` examples in total (the number the fleet's
-    accepted updates trained on), then evaluate on the same test set."""
+    accepted updates trained on) or ``steps`` train steps (batches), then
+    evaluate on the same test set."""
+    if (examples is None) == (steps is None):
+        raise ValueError("central_baseline: give examples or steps, not both")
+    budget_examples = examples if examples is not None else np.inf
+    budget_steps = steps if steps is not None else np.inf
     model, _, _ = load_model(model_dir)
     rng = np.random.default_rng(seed)
-    steps = 0
+    steps_done = 0
     done = 0
-    while done < examples:
+    while done < budget_examples and steps_done < budget_steps and len(x_train):
         order = rng.permutation(len(x_train))
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             model.train_step(x_train[idx], y_train[idx], learning_rate)
-            steps += 1
+            steps_done += 1
             done += len(idx)
-            if done >= examples:
+            if done >= budget_examples or steps_done >= budget_steps:
                 break
     metrics = model.evaluate(x_test, y_test)
     return CentralBaseline(
         accuracy=float(metrics.get("accuracy", float("nan"))),
         loss=float(metrics.get("loss", float("nan"))),
-        examples=done, steps=steps, batch_size=batch_size, learning_rate=learning_rate,
+        examples=done, steps=steps_done, batch_size=batch_size, learning_rate=learning_rate,
     )
