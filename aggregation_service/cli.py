@@ -238,9 +238,39 @@ def cmd_eval_data(args: argparse.Namespace) -> int:
         raise CliError(f"{args.file}: not a readable .npz ({exc})") from exc
     if not {"x", "y"} <= keys:
         raise CliError(f"{args.file}: expected arrays 'x' and 'y', found {sorted(keys)}")
+    data = _fit_eval_data(args, data)
     _print(_request(args, "PUT", f"/v1/models/{args.model}/eval-data", data=data,
                     headers={"Content-Type": "application/octet-stream"}))
     return 0
+
+
+def _fit_eval_data(args: argparse.Namespace, data: bytes) -> bytes:
+    """The .npz with ``x`` reshaped to the model's input shape when its examples
+    hold as many values (a flat (n, 40) for an input of (40, 1)), as devices
+    reshape their own data; anything else is sent as it is, for the service
+    to judge."""
+    import io
+
+    import numpy as np
+
+    model = _request(args, "GET", f"/v1/models/{args.model}")
+    version = model.get("training_version") if isinstance(model, dict) else None
+    if not isinstance(version, int):
+        return data
+    manifest = _request(args, "GET", f"/v1/models/{args.model}/versions/{version}/manifest.json")
+    shape = tuple(manifest.get("input", {}).get("shape", ())) if isinstance(manifest, dict) else ()
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    x = arrays["x"]
+    if not shape or x.ndim < 1 or tuple(x.shape[1:]) == shape:
+        return data
+    if int(np.prod(x.shape[1:])) != int(np.prod(shape)):
+        raise CliError(f"{args.file}: examples have shape {tuple(x.shape[1:])}, model "
+                       f"{args.model!r} takes {shape}")
+    arrays["x"] = x.reshape((len(x), *shape))
+    out = io.BytesIO()
+    np.savez(out, **arrays)
+    return out.getvalue()
 
 
 def _patch_from_sets(items: list[str]) -> dict[str, Any]:

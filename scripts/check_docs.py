@@ -284,7 +284,7 @@ RULES: list[Rule] = [
     ),
     # --- the agent ----------------------------------------------------------------------------
     (
-        r"fedge agent init --server \S+ --enroll-token (TOKEN|<token>) .*",
+        r"fedge agent init --server \S+ --enroll-token (TOKEN|<token>) (?!--model sensors).*",
         Run(then="test -s ~/.config/fedge/agent.yaml"),
     ),
     (
@@ -322,6 +322,70 @@ RULES: list[Rule] = [
         Mapped(
             "tests/device_profiles/test_simulation.py::test_a_small_fleet_learns_and_repeats_exactly",
             "a comparison run takes minutes; a small fleet's full run is tested",
+        ),
+    ),
+    # --- your own model and data (docs/own-model.md): its files ship in docs/examples ---
+    (
+        r"python3 make_data\.py",
+        Run(
+            instead='cp "$PYTHONPATH/docs/examples/make_data.py" . && {command}',
+            then="test -s sensors.npz && test -s sensors-heldout.npz "
+            "&& test -s data/device-a/part0.npz && test -s data/device-b/part0.csv",
+            why="the page shows docs/examples/make_data.py; the user saves it first",
+        ),
+    ),
+    (
+        r"fedge export my_model\.py:build --out out/my-model",
+        Run(
+            instead='cp "$PYTHONPATH/docs/examples/my_model.py" . && {command}',
+            then="test -s out/my-model/model.tflite && test -s out/my-model/manifest.json",
+            timeout=600,
+            why="the page shows docs/examples/my_model.py; the user saves it first",
+        ),
+    ),
+    (
+        r"fedge simulate sensors-fleet\.yaml --model-dir out/my-model --out sensors-report "
+        r"--baseline",
+        Run(
+            instead=(
+                'cp "$PYTHONPATH/docs/examples/sensors-fleet.yaml" . && {command} --no-progress'
+            ),
+            expect=r"central, same sequential steps: \d\.\d+ \(\d+ steps",
+            timeout=600,
+            why="the fleet file is the page's; without the progress bar",
+        ),
+    ),
+    (r"fedge push --model sensors out/my-model", Run(expect=r'"version": 1')),
+    (
+        r"fedge models config sensors --set buffer_size=2 --set client\.epochs=5",
+        Run(expect=r'"buffer_size": 2'),
+    ),
+    (r"fedge eval-data put sensors sensors-heldout\.npz", Run(expect=r'"examples": 400')),
+    (
+        r"fedge agent init --server \S+ --enroll-token TOKEN --model sensors .*",
+        Run(expect=r"data fits model 'sensors' version 1: 300 examples of shape \(40, 1\)"),
+    ),
+    (
+        r"fedge agent run --once --ignore-eligibility --config agent-[ab]\.yaml",
+        Run(expect=r'"outcome": "uploaded"'),
+    ),
+    (
+        r"for i in 1 2 3; do fedge agent run --once --ignore-eligibility --config agent-a\.yaml "
+        r"&& fedge agent run --once --ignore-eligibility --config agent-b\.yaml; done",
+        Run(timeout=300),
+    ),
+    (
+        r"fedge models show sensors",
+        Run(
+            instead=(
+                "for i in $(seq 120); do {command} > sensors-show.json; python3 -c "
+                "\"import json, sys; v = json.load(open('sensors-show.json'))['versions']; "
+                "sys.exit(len(v) < 5 or not all(x['metrics'] for x in v))\" && break; "
+                "sleep 1; done; cat sensors-show.json"
+            ),
+            expect=r'"version": 5,(.|\n)*"accuracy"',
+            why="versions are published and evaluated in the background: ask until version 5 "
+            "and every version's evaluation are there",
         ),
     ),
     # --- privacy ----------------------------------------------------------------------------
