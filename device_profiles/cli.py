@@ -107,8 +107,8 @@ def resolve_fleet(text: str) -> Path:
     """A fleet file, or a built-in fleet's name (``demo``): `fedge simulate demo`
     works from any directory, not only inside a checkout."""
     path = Path(text)
-    if path.is_file():
-        return path
+    if path.is_file() or "/" in text or path.suffix in (".yaml", ".yml"):
+        return path  # a file, or meant as one: load_fleet says what is wrong with it
     if text in builtin_fleets():
         return Path(__file__).parent / "fleets" / f"{text}.yaml"
     raise SimulationError(
