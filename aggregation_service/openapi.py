@@ -813,13 +813,36 @@ def openapi_document() -> dict[str, Any]:
                 "to check its local data against (enrollment_token in the body, not spent; or "
                 "an enrolled device's bearer token)",
                 security=None,
-                body="application/json",
-                codes={
-                    "200": "{model, version, manifest}",
-                    "400": "bad JSON or fields",
-                    "401": "bad_enrollment_token (unknown, used up or expired) or unauthorized",
-                    "404": "unknown_model",
-                    "415": "not JSON",
+                body=_json_body(
+                    {
+                        "type": "object",
+                        "required": ["model"],
+                        "properties": {
+                            "model": {"type": "string", "examples": ["digits"]},
+                            "enrollment_token": {"type": "string"},
+                        },
+                    }
+                ),
+                responses={
+                    "200": _ok(
+                        "{model, version, manifest}",
+                        {
+                            "type": "object",
+                            "properties": {
+                                "model": {"type": "string"},
+                                "version": {"type": "integer"},
+                                "manifest": _OBJECT,
+                            },
+                        },
+                    ),
+                    **_json_errors(),
+                    "401": _err(
+                        "bad_enrollment_token (unknown, used up or expired) or unauthorized"
+                    ),
+                    "403": _err("token of the wrong kind"),
+                    **_UNKNOWN_MODEL,
+                    **_LIMITED,
+                    **_STORE,
                 },
             )
         },
