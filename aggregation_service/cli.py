@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import sys
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +122,26 @@ def register(subparsers: Any) -> None:
         help="e.g. --set buffer_size=20 --set optimizer.name='\"fedadam\"'",
     )
     p.set_defaults(func=cmd_models)
+
+    p = subparsers.add_parser("devices", help="list enrolled devices, revoke a device's token")
+    sub = p.add_subparsers(dest="devices_command", metavar="ACTION", required=True)
+    q = sub.add_parser("list", help="devices: id, reported profile, state, last seen")
+    client_args(q)
+    q.add_argument(
+        "--state",
+        choices=("enrolled", "eligible", "ineligible", "revoked"),
+        default=None,
+        help="only devices in this state",
+    )
+    q.add_argument("--limit", type=int, default=1000, help="at most this many (default 1000)")
+    q = sub.add_parser(
+        "revoke",
+        help="revoke DEVICE's token at once and free its open plans (its acknowledged updates "
+        "stay); it can enroll again only with a new enrollment token",
+    )
+    client_args(q)
+    q.add_argument("device", help="the device id (dev-…), as `fedge devices list` shows it")
+    p.set_defaults(func=cmd_devices)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -320,4 +341,16 @@ def cmd_models(args: argparse.Namespace) -> int:
             )
         else:
             _print(_request(args, "GET", f"/v1/models/{args.model}/config"))
+    return 0
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    if args.devices_command == "list":
+        if not 1 <= args.limit <= 100_000:
+            raise CliError("--limit must be 1–100000")
+        query = f"?limit={args.limit}" + (f"&state={args.state}" if args.state else "")
+        _print(_request(args, "GET", f"/v1/devices{query}"))
+    else:
+        device = urllib.parse.quote(args.device, safe="")
+        _print(_request(args, "POST", f"/v1/devices/{device}/revoke"))
     return 0

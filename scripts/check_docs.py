@@ -219,6 +219,14 @@ RULES: list[Rule] = [
         Run(expect=r'"model'),
     ),
     (r"fedge models config digits( --set \S+)*", Run(expect=r'"buffer_size"')),
+    (r"fedge devices list( --state \w+)?", Run(expect=r'"devices"')),
+    (
+        r"fedge devices revoke DEVICE_ID",
+        Mapped(
+            "tests/edge_client/test_operator_cli.py::test_devices_list_and_revoke",
+            "DEVICE_ID is a placeholder; the test enrolls devices and revokes one",
+        ),
+    ),
     (r"export FEDGE_SERVER=http://127\.0\.0\.1:8080", Run()),
     # --- the operator guide: deployment ------------------------------------------------------
     (

@@ -7,6 +7,7 @@ enrollment token that can be copied, held-out data uploaded without curl,
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import re
 import subprocess
@@ -14,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import aiohttp
 import numpy as np
 import pytest
 
@@ -177,3 +179,31 @@ def test_max_examples_caps_the_task_not_each_epoch() -> None:
     guide = (REPO / "docs" / "operator-guide.md").read_text(encoding="utf-8")
     row = next(ln for ln in guide.splitlines() if ln.startswith("| `client.max_examples`"))
     assert "in total over all its epochs" in row and "per epoch |" not in row
+
+
+def test_devices_list_and_revoke(server: ServerProcess) -> None:
+    url = ("--server", server.url)
+    token = fedge("enroll-token", *url, "--uses", "2", env=ENV).stdout.strip()
+
+    async def enroll() -> list[str]:  # what two devices' agents do
+        async with aiohttp.ClientSession() as s:
+            ids = []
+            for _ in range(2):
+                async with s.post(
+                    f"{server.url}/v1/devices/enroll", json={"enrollment_token": token}
+                ) as r:
+                    ids.append((await r.json())["device_id"])
+            return ids
+
+    first, second = asyncio.run(enroll())
+    r = fedge("devices", "list", *url, env=ENV)
+    assert r.returncode == 0, r.stderr
+    assert {d["device_id"] for d in json.loads(r.stdout)["devices"]} == {first, second}
+    r = fedge("devices", "revoke", *url, first, env=ENV)
+    assert r.returncode == 0 and json.loads(r.stdout)["state"] == "revoked", r.stderr
+    r = fedge("devices", "list", *url, "--state", "revoked", env=ENV)
+    assert [d["device_id"] for d in json.loads(r.stdout)["devices"]] == [first]
+    r = fedge("devices", "revoke", *url, "dev-nope", env=ENV)
+    assert r.returncode == 2 and "unknown_device" in r.stderr
+    r = fedge("devices", "list", *url, "--limit", "0", env=ENV)
+    assert r.returncode == 2 and "--limit" in r.stderr
