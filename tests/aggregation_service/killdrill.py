@@ -161,6 +161,7 @@ async def _plan_after_restart(url: str, token: str) -> tuple[str | None, float]:
 
 
 async def run_kill_drill(workdir: Path, *, kills: int, seed: int = 7) -> DrillResult:
+    workdir.mkdir(parents=True, exist_ok=True)
     data = workdir / "data"
     config = write_config(
         workdir / "server.yaml",
