@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from quantization import accel, floats, frame, indexcoding, stochastic, topk
 from quantization import clip as clipping
-from quantization import floats, frame, indexcoding, stochastic, topk
 from quantization.errors import CodecError
 from quantization.spec import CodecSpec
 
@@ -415,7 +415,28 @@ def decode_into(
     The whole frame is validated first (checksum, table, counts, indices,
     finite values, names and shapes against ``expected``, the norm against
     ``max_norm``); on any error the accumulator is left untouched.
+
+    Runs the compiled kernels where :mod:`quantization.accel` chose them,
+    else :func:`decode_into_numpy`; both give the same bits.
     """
+    fast = accel.compiled()
+    if fast is not None:
+        stats: DecodeStats = fast.decode_into(
+            payload, accumulator, weight, expected=expected, max_norm=max_norm
+        )
+        return stats
+    return decode_into_numpy(payload, accumulator, weight, expected=expected, max_norm=max_norm)
+
+
+def decode_into_numpy(
+    payload: bytes | bytearray | memoryview,
+    accumulator: MutableMapping[str, npt.NDArray[np.floating]],
+    weight: float,
+    *,
+    expected: Shapes,
+    max_norm: float | None = None,
+) -> DecodeStats:
+    """:func:`decode_into` in numpy: the reference the compiled path must match."""
     started = time.perf_counter()
     if isinstance(weight, bool) or not isinstance(weight, (int, float, np.floating)):
         raise CodecError(f"weight must be a number, got {weight!r}")

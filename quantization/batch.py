@@ -25,15 +25,15 @@ stream of bad frames therefore costs at most one wasted batched attempt each.
 from __future__ import annotations
 
 import math
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from quantization import bitpack, frame, indexcoding, stochastic
+from quantization import accel, bitpack, frame, indexcoding, stochastic
 from quantization import clip as clipping
-from quantization.api import Shapes, _check_accumulator, _values, decode_into
+from quantization.api import Shapes, _check_accumulator, _values, decode_into_numpy
 from quantization.errors import CodecError
 
 # Rice parameters up to 8: a remainder then spans at most two bytes.
@@ -45,6 +45,19 @@ _BATCH_BYTES = 512 << 10
 
 class _Unbatched(Exception):
     """A frame this path does not take (or a check failed): go frame by frame."""
+
+
+Whole = Callable[
+    [
+        Sequence[bytes | bytearray | memoryview],
+        MutableMapping[str, npt.NDArray[np.floating]],
+        Sequence[float],
+        Shapes,
+        float | None,
+    ],
+    bool,
+]
+Single = Callable[..., object]
 
 
 def decode_many_into(
@@ -61,7 +74,51 @@ def decode_many_into(
     validation is skipped (its entry is its :class:`CodecError`) and changes
     nothing; after ``limit`` frames have been added the rest are left
     unprocessed. Returns one entry per processed frame: None (added) or the
-    error."""
+    error.
+
+    Runs the compiled kernels where :mod:`quantization.accel` chose them,
+    else :func:`decode_many_into_numpy`; both give the same bits."""
+    fast = accel.compiled()
+    if fast is not None:
+        outcomes: list[CodecError | None] = fast.decode_many_into(
+            payloads, accumulator, weights, expected=expected, max_norm=max_norm, limit=limit
+        )
+        return outcomes
+    return decode_many_into_numpy(
+        payloads, accumulator, weights, expected=expected, max_norm=max_norm, limit=limit
+    )
+
+
+def decode_many_into_numpy(
+    payloads: Sequence[bytes | bytearray | memoryview],
+    accumulator: MutableMapping[str, npt.NDArray[np.floating]],
+    weights: Sequence[float],
+    *,
+    expected: Shapes,
+    max_norm: float | None = None,
+    limit: int | None = None,
+) -> list[CodecError | None]:
+    """:func:`decode_many_into` in numpy: the reference."""
+    return run_batches(
+        payloads, accumulator, weights, expected=expected, max_norm=max_norm, limit=limit,
+        whole=_whole_numpy, single=decode_into_numpy,
+    )
+
+
+def run_batches(
+    payloads: Sequence[bytes | bytearray | memoryview],
+    accumulator: MutableMapping[str, npt.NDArray[np.floating]],
+    weights: Sequence[float],
+    *,
+    expected: Shapes,
+    max_norm: float | None,
+    limit: int | None,
+    whole: Whole,
+    single: Single,
+) -> list[CodecError | None]:
+    """Cut the frames into sub-batches; add each with ``whole`` (all or
+    nothing, False when it did nothing), else frame by frame with ``single``
+    (a ``decode_into``)."""
     if len(weights) != len(payloads):
         raise ValueError(f"{len(payloads)} frames but {len(weights)} weights")
     outcomes: list[CodecError | None] = []
@@ -77,38 +134,34 @@ def decode_many_into(
                 break
             size += len(payloads[end])
             end += 1
-        part = _sub_batch(
-            payloads[start:end],
-            accumulator,
-            weights[start:end],
-            expected=expected,
-            max_norm=max_norm,
-            limit=None if limit is None else limit - added,
-        )
+        part_payloads, part_weights = payloads[start:end], weights[start:end]
+        if whole(part_payloads, accumulator, part_weights, expected, max_norm):
+            part: list[CodecError | None] = [None] * len(part_payloads)
+        else:
+            part = _one_by_one(
+                part_payloads, accumulator, part_weights, expected=expected, max_norm=max_norm,
+                limit=None if limit is None else limit - added, single=single,
+            )
         outcomes += part
         added += part.count(None)
         start += len(part)
     return outcomes
 
 
-def _sub_batch(
+def _whole_numpy(
     payloads: Sequence[bytes | bytearray | memoryview],
     accumulator: MutableMapping[str, npt.NDArray[np.floating]],
     weights: Sequence[float],
-    *,
     expected: Shapes,
     max_norm: float | None,
-    limit: int | None,
-) -> list[CodecError | None]:
+) -> bool:
     try:
         plan = _plan(payloads, accumulator, weights, expected, max_norm)
     except (_Unbatched, CodecError):
-        return _one_by_one(
-            payloads, accumulator, weights, expected=expected, max_norm=max_norm, limit=limit
-        )
+        return False
     for name, indices, scaled in plan:
         np.add.at(accumulator[name].reshape(-1), indices, scaled)
-    return [None] * len(payloads)
+    return True
 
 
 def _one_by_one(
@@ -119,6 +172,7 @@ def _one_by_one(
     expected: Shapes,
     max_norm: float | None,
     limit: int | None,
+    single: Single,
 ) -> list[CodecError | None]:
     outcomes: list[CodecError | None] = []
     added = 0
@@ -126,7 +180,7 @@ def _one_by_one(
         if limit is not None and added >= limit:
             break
         try:
-            decode_into(payload, accumulator, weight, expected=expected, max_norm=max_norm)
+            single(payload, accumulator, weight, expected=expected, max_norm=max_norm)
         except CodecError as exc:
             outcomes.append(exc)
             continue

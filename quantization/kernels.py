@@ -1,0 +1,415 @@
+"""Compiled (numba) loops of the update decoder, and of the encoder's packing.
+
+Imported only through :mod:`quantization.accel`, which decides whether numba
+is used at all; nothing here is public API. Every kernel works on plain
+arrays with every offset and count passed in, and returns an error code
+instead of raising: decoding untrusted frames must raise nothing but
+``CodecError``, and that translation is the caller's.
+
+What these loops must keep, and how:
+
+- **The same bits as the numpy reference.** Values are the same float32
+  operations on the same operands (``float32(code) × (scale × float32(2/L))
+  − scale``); float16 and float32 bit patterns are converted exactly (by
+  integer arithmetic and ``ldexp``); the scatter-add is
+  ``acc[p] = acc[p] + value × weight`` in the accumulator's precision, frames
+  in order. ``fastmath`` stays off, so LLVM neither reassociates nor fuses a
+  multiply and an add into an FMA.
+- **The same accepted frames.** A section passes here only if the numpy
+  decoder accepts it (tests check both ways on random sections). Where the
+  rules are sequential (varint, Rice), the checks are done as the stream is
+  read; for a rejected frame the caller re-runs the numpy reference, which
+  raises the exact message.
+- **Bounds before any access.** numba does not check indices, so every read
+  is guarded by an explicit comparison with the section's end, and every
+  write by the output's length (``tests/quantization/test_compiled.py`` also
+  runs the fuzzer with ``NUMBA_BOUNDSCHECK=1``). The accumulator is written
+  only by :func:`scatter`, after every frame of a batch has been validated.
+"""
+
+# Kernels take flat positional arguments: arrays and offsets, as numba likes.
+# ruff: noqa: PLR0917
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+import numba
+import numpy as np
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _jit(fn: _F) -> _F:
+    # cache=True: compiled code is kept on disk (see accel for where), so a
+    # restart loads it in milliseconds instead of compiling for seconds.
+    # nogil: the service's decode thread runs beside the event loop.
+    return cast(_F, numba.njit(cache=True, nogil=True, fastmath=False, boundscheck=False)(fn))
+
+
+# Columns of a row of the ``meta`` table: one row per (frame, tensor).
+SIZE, ICODE, VCODE, BITS, SDTYPE, CHUNK, NNZ, IOFF, ILEN, VOFF, VLEN, POFF, OFF = range(13)
+COLUMNS = 13
+
+# Codes as in indexcoding / frame / stochastic (checked by the tests).
+_DENSE, _VARINT, _BITMAP, _RICE = 0, 1, 2, 3
+_FLOAT32, _FLOAT16, _STOCHASTIC = 0, 1, 2
+_SCALE_F16, _SCALE_F32 = 1, 2
+_MAX_RICE_K = 40
+_MAX_VARINT_BYTES = 9
+_MAX_CHUNK = 1 << 20
+
+
+@_jit
+def _half(bits: int) -> float:
+    """A float16 bit pattern as a float (exact); NaN for Inf/NaN patterns."""
+    exponent = (bits >> 10) & 31
+    mantissa = bits & 1023
+    if exponent == 31:
+        return math.nan
+    if exponent == 0:
+        value = math.ldexp(float(mantissa), -24)
+    else:
+        value = math.ldexp(float(mantissa + 1024), exponent - 25)
+    return -value if bits & 0x8000 else value
+
+
+@_jit
+def _single(bits: int) -> float:
+    """A float32 bit pattern as a float (exact); NaN for Inf/NaN patterns."""
+    exponent = (bits >> 23) & 255
+    mantissa = bits & 0x7FFFFF
+    if exponent == 255:
+        return math.nan
+    if exponent == 0:
+        value = math.ldexp(float(mantissa), -149)
+    else:
+        value = math.ldexp(float(mantissa + 0x800000), exponent - 150)
+    return -value if bits & 0x80000000 else value
+
+
+# Trailing zero bits of each byte value (8 for 0): the unary stream's stops.
+_TRAILING = np.array([8] + [(b & -b).bit_length() - 1 for b in range(1, 256)], dtype=np.int64)
+
+
+@_jit
+def _rice(body: Any, start: int, end: int, n: int, count: int, out: Any, poff: int) -> bool:
+    if end - start < 1:
+        return False
+    k = int(body[start])
+    if k > _MAX_RICE_K:
+        return False
+    fixed = (count * k + 7) // 8
+    if end - start < 1 + fixed:
+        return False
+    rem_start = start + 1
+    rem_end = rem_start + fixed
+    used = count * k
+    if used % 8 and (int(body[rem_end - 1]) >> (used % 8)) != 0:
+        return False
+    # The low k bits of every delta, into ``out`` (a 64-bit bit buffer: at
+    # most k + 7 ≤ 47 bits are held).
+    mask = (1 << k) - 1
+    if k:
+        buf = 0
+        held = 0
+        at = rem_start
+        for i in range(count):
+            while held < k:
+                if at >= rem_end:
+                    return False
+                buf |= int(body[at]) << held
+                at += 1
+                held += 8
+            out[poff + i] = buf & mask
+            buf >>= k
+            held -= k
+    else:
+        for i in range(count):
+            out[poff + i] = 0
+    # The quotients, in unary: each stop bit ends one. A quotient above
+    # max_q makes the delta reach n (and could overflow): refused early.
+    max_q = (n - 1) >> k if n > 0 else -1
+    found = 0
+    q = 0
+    position = -1
+    last_byte = -1
+    for byte_at in range(rem_end, end):
+        byte = int(body[byte_at])
+        if byte == 0:
+            q += 8
+            continue
+        consumed = 0
+        while byte:
+            zeros = _TRAILING[byte]
+            q += zeros
+            if found >= count or q > max_q:
+                return False
+            delta = (q << k) | out[poff + found]
+            if found and delta == 0:
+                return False  # a duplicate position
+            position += delta if found else delta + 1
+            if position >= n:
+                return False
+            out[poff + found] = position
+            found += 1
+            q = 0
+            byte >>= zeros + 1
+            consumed += zeros + 1
+        q += 8 - consumed
+        last_byte = byte_at
+    if found != count:
+        return False
+    if count == 0:
+        return rem_end == end
+    return last_byte == end - 1
+
+
+@_jit
+def _varint(body: Any, start: int, end: int, n: int, count: int, out: Any, poff: int) -> bool:
+    at = start
+    position = -1
+    for i in range(count):
+        value = 0
+        length = 0
+        while True:
+            if at >= end or length >= _MAX_VARINT_BYTES:
+                return False
+            byte = int(body[at])
+            at += 1
+            value |= (byte & 0x7F) << (7 * length)
+            length += 1
+            if byte < 0x80:
+                if length > 1 and byte == 0:
+                    return False  # non-canonical
+                break
+        if i and value == 0:
+            return False
+        if value >= n:
+            return False
+        position += value if i else value + 1
+        if position >= n:
+            return False
+        out[poff + i] = position
+    return at == end
+
+
+@_jit
+def _bitmap(body: Any, start: int, end: int, n: int, count: int, out: Any, poff: int) -> bool:
+    if end - start != (n + 7) // 8:
+        return False
+    found = 0
+    for byte_at in range(start, end):
+        byte = int(body[byte_at])
+        if byte == 0:
+            continue
+        base = (byte_at - start) * 8
+        for bit in range(8):
+            if (byte >> bit) & 1:
+                p = base + bit
+                if p >= n or found >= count:
+                    return False
+                out[poff + found] = p
+                found += 1
+    return found == count
+
+
+@_jit
+def _floats(body: Any, start: int, end: int, count: int, width: int, values: Any, off: int) -> bool:
+    """Byte-planed float32 (width 4) or float16 (width 2) values."""
+    if end - start != count * width:
+        return False
+    for j in range(count):
+        bits = 0
+        for plane in range(width):
+            bits |= int(body[start + plane * count + j]) << (8 * plane)
+        v = _single(bits) if width == 4 else _half(bits)
+        if math.isnan(v):
+            return False
+        values[off + j] = v
+    return True
+
+
+@_jit
+def _stochastic(
+    body: Any, start: int, end: int, count: int, bits: int, sdtype: int, chunk: int,
+    factors: Any, values: Any, off: int,
+) -> bool:
+    if bits < 1 or bits > 8 or chunk < 1 or chunk > _MAX_CHUNK:
+        return False
+    if sdtype == _SCALE_F16:
+        itemsize = 2
+    elif sdtype == _SCALE_F32:
+        itemsize = 4
+    else:
+        return False
+    n_scales = (count + chunk - 1) // chunk
+    packed = (count * bits + 7) // 8
+    if end - start != n_scales * itemsize + packed:
+        return False
+    codes_at = start + n_scales * itemsize
+    used = count * bits
+    if used % 8 and (int(body[codes_at + packed - 1]) >> (used % 8)) != 0:
+        return False
+    # Every scale is checked before any value is produced (as from_bytes does).
+    for c in range(n_scales):
+        at = start + c * itemsize
+        if itemsize == 2:
+            s = _half(int(body[at]) | (int(body[at + 1]) << 8))
+        else:
+            s = _single(
+                int(body[at]) | (int(body[at + 1]) << 8) | (int(body[at + 2]) << 16)
+                | (int(body[at + 3]) << 24)
+            )
+        if math.isnan(s) or s < 0:
+            return False
+    factor = factors[bits]
+    mask = (1 << bits) - 1
+    codes_end = codes_at + packed
+    j = 0
+    for c in range(n_scales):
+        at = start + c * itemsize
+        if itemsize == 2:
+            s32 = np.float32(_half(int(body[at]) | (int(body[at + 1]) << 8)))
+        else:
+            s32 = np.float32(_single(
+                int(body[at]) | (int(body[at + 1]) << 8) | (int(body[at + 2]) << 16)
+                | (int(body[at + 3]) << 24)
+            ))
+        step = s32 * factor  # float32 × float32: as stochastic.dequantize
+        last = min(count, j + chunk)
+        while j < last:
+            if bits == 8:
+                code = int(body[codes_at + j])
+            else:
+                bit = j * bits
+                byte_at = codes_at + (bit >> 3)
+                word = int(body[byte_at])
+                if byte_at + 1 < codes_end:
+                    word |= int(body[byte_at + 1]) << 8
+                code = (word >> (bit & 7)) & mask
+            v = np.float32(code) * step - s32
+            if not math.isfinite(v):
+                return False  # a forged scale that overflows
+            values[off + j] = v
+            j += 1
+    return True
+
+
+@_jit
+def decode_rows(
+    body: Any, meta: Any, positions: Any, values: Any, sumsq: Any, factors: Any
+) -> int:
+    """Decode every row of ``meta`` (index section → ``positions``, value
+    section → ``values``, Σ v² in float64 → ``sumsq``). Returns 0, or the
+    1-based row of the first section the numpy decoder would refuse."""
+    for r in range(meta.shape[0]):
+        n = meta[r, SIZE]
+        count = meta[r, NNZ]
+        ioff, ilen = meta[r, IOFF], meta[r, ILEN]
+        voff, vlen = meta[r, VOFF], meta[r, VLEN]
+        poff, off = meta[r, POFF], meta[r, OFF]
+        if (
+            count < 0 or count > n or ioff < 0 or ilen < 0 or voff < 0 or vlen < 0
+            or ioff + ilen > body.size or voff + vlen > body.size
+            or off < 0 or off + count > values.size
+        ):
+            return r + 1
+        icode = meta[r, ICODE]
+        if icode == _DENSE:
+            if count != n or ilen != 0:
+                return r + 1
+        else:
+            if poff < 0 or poff + count > positions.size:
+                return r + 1
+            if icode == _RICE:
+                ok = _rice(body, ioff, ioff + ilen, n, count, positions, poff)
+            elif icode == _VARINT:
+                ok = _varint(body, ioff, ioff + ilen, n, count, positions, poff)
+            elif icode == _BITMAP:
+                ok = _bitmap(body, ioff, ioff + ilen, n, count, positions, poff)
+            else:
+                ok = False
+            if not ok:
+                return r + 1
+        vcode = meta[r, VCODE]
+        if vcode == _STOCHASTIC:
+            ok = _stochastic(
+                body, voff, voff + vlen, count, meta[r, BITS], meta[r, SDTYPE], meta[r, CHUNK],
+                factors, values, off,
+            )
+        elif vcode == _FLOAT32:
+            ok = _floats(body, voff, voff + vlen, count, 4, values, off)
+        elif vcode == _FLOAT16:
+            ok = _floats(body, voff, voff + vlen, count, 2, values, off)
+        else:
+            ok = False
+        if not ok:
+            return r + 1
+        total = 0.0
+        for j in range(off, off + count):
+            v = np.float64(values[j])
+            total += v * v
+        sumsq[r] = total
+    return 0
+
+
+# Accumulator elements per tile of the scatter: 256 KiB of float64, well
+# inside a core's L2 cache.
+_TILE = 1 << 15
+
+
+@_jit
+def scatter(acc: Any, positions: Any, values: Any, segments: Any, weights: Any) -> bool:
+    """``acc[p] += value × weight`` for every segment, segments in order for
+    every position. A segment is (value offset, position offset or −1 for
+    dense, count, weight index); a sparse segment's positions increase
+    (the decoder checked it). Everything is checked before the first write;
+    False: nothing was written.
+
+    The accumulator is walked tile by tile, and each tile takes every
+    segment's additions that fall in it, segments in order: one pass over
+    the accumulator per batch instead of one per frame (a 1M-parameter
+    float64 sum is 8 MB, past the caches, and top-1 % positions touch nearly
+    every cache line of it). Each position still receives the same additions
+    in the same order, so the sums are the same bits."""
+    size = acc.size
+    n_segments = segments.shape[0]
+    for s in range(n_segments):
+        off, poff, count, w = segments[s, 0], segments[s, 1], segments[s, 2], segments[s, 3]
+        if off < 0 or count < 0 or off + count > values.size or w < 0 or w >= weights.size:
+            return False
+        if poff < 0:
+            if count != size:
+                return False
+        else:
+            if poff + count > positions.size:
+                return False
+            previous = -1
+            for j in range(poff, poff + count):
+                p = positions[j]
+                if p <= previous or p >= size:
+                    return False
+                previous = p
+    cursor = np.zeros(n_segments, dtype=np.int64)  # done in each segment
+    for tile in range(0, size, _TILE):
+        end = min(size, tile + _TILE)
+        for s in range(n_segments):
+            off, poff, count = segments[s, 0], segments[s, 1], segments[s, 2]
+            weight = weights[segments[s, 3]]
+            j = cursor[s]
+            if poff < 0:
+                while j < end:
+                    acc[j] += values[off + j] * weight
+                    j += 1
+            else:
+                while j < count:
+                    p = positions[poff + j]
+                    if p >= end:
+                        break
+                    acc[p] += values[off + j] * weight
+                    j += 1
+            cursor[s] = j
+    return True
