@@ -82,6 +82,18 @@ def _cache_dir() -> Path | None:
     return Path(tempfile.gettempdir()) / f"fedge-numba-{os.getuid()}"
 
 
+def point_numba_cache() -> None:
+    """Give numba a writable cache directory if its own choices are not
+    (called by :mod:`quantization.kernels` before it compiles anything)."""
+    from numba.core import config  # noqa: PLC0415 - only where numba is used
+
+    cache = _cache_dir()
+    if cache is not None:
+        # numba fills its config module's globals from the environment at
+        # import, so they are invisible to type checkers.
+        setattr(config, "CACHE_DIR", str(cache))  # noqa: B010
+
+
 def _load() -> tuple[Backend, ModuleType | None]:
     setting = _setting()
     if setting == "off":
@@ -90,13 +102,7 @@ def _load() -> tuple[Backend, ModuleType | None]:
         # Imported here, not at the top: numba takes ≈0.3 s and tens of MB to
         # import, which a process that never decodes an update should not pay.
         import numba  # noqa: PLC0415
-        from numba.core import config  # noqa: PLC0415
 
-        cache = _cache_dir()
-        if cache is not None:
-            # numba fills its config module's globals from the environment
-            # at import, so they are invisible to type checkers.
-            setattr(config, "CACHE_DIR", str(cache))  # noqa: B010
         from quantization import compiled  # noqa: PLC0415 - imports numba
     except Exception as exc:  # ImportError, or numba failing to initialise
         if setting == "on":

@@ -152,7 +152,14 @@ def _quantize(
         q = stochastic.quantize(kept, bits, spec.chunk_size, rng)
         return _Sent(indices, kept, stochastic.dequantize(q), q)
     if spec.value_coding == "float16":
-        return _Sent(indices, kept, kept.astype(np.float16).astype(np.float32), None)
+        with np.errstate(over="ignore"):  # reported just below
+            half = kept.astype(np.float16)
+        if not np.all(np.isfinite(half)):
+            raise CodecError(
+                f"a value of magnitude {float(np.abs(kept).max()):.6g} is beyond float16's "
+                f"range ({stochastic.FLOAT16_MAX:g}); use values 'float32' or stochastic bits"
+            )
+        return _Sent(indices, kept, half.astype(np.float32), None)
     return _Sent(indices, kept, kept, None)
 
 

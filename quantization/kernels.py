@@ -39,6 +39,11 @@ from typing import Any, TypeVar, cast
 import numba
 import numpy as np
 
+from quantization import accel
+
+# Before the first decorator: where compiled code is kept.
+accel.point_numba_cache()
+
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 

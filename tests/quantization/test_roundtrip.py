@@ -196,3 +196,12 @@ def test_weights_digest_hashes_values_not_frame_bytes() -> None:
     assert q.weights_digest(reshaped) != digest
     renamed = {("u1" if k == "t1" else k): v for k, v in weights.items()}
     assert q.weights_digest(renamed) != digest
+
+
+def test_float16_values_beyond_its_range_are_refused_not_sent_as_inf() -> None:
+    update_ = {"w": np.array([1.0, 7e4, -2.0], np.float32)}
+    with pytest.raises(q.CodecError, match="beyond float16's range"):
+        q.encode(update_, q.CodecSpec(values="float16"))
+    # Stochastic values take any finite magnitude (float32 chunk scales).
+    payload = q.encode(update_, q.CodecSpec(bits=8), seed=0).payload
+    assert np.isfinite(q.decode(payload)["w"]).all()
