@@ -17,6 +17,7 @@ from fedge.manifest import Manifest
 from quantization import CodecError
 
 __all__ = [
+    "BACKEND",
     "CodecError",
     "accumulate",
     "accumulate_many",
@@ -27,6 +28,12 @@ __all__ = [
     "expected_for",
     "validate_codec_spec",
 ]
+
+
+# Compile (or load from numba's cache) the update decoder's kernels when the
+# service is imported, at start-up, so the first upload does not wait
+# seconds for it; without numba (or with FEDGE_CODEC_JIT=off) this is free.
+BACKEND, WARM_UP_SECONDS = quantization.warm_up()
 
 
 def validate_codec_spec(spec: Mapping[str, Any]) -> dict[str, Any]:

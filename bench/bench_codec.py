@@ -10,6 +10,10 @@ values around 1e-3, like a trained delta; ``--quick`` skips 10M):
 - encode and decode throughput (MB/s of the dense float32 equivalent) against
   a plain numpy copy of the same array;
 - decode_into time for 1M parameters at 1 % against one dense numpy copy;
+- CPU per frame of decode_into and decode_many_into (batches of 32) into a
+  float64 sum, compiled (numba) path against the numpy reference, same run,
+  same frames (``--quick`` too); and the peak RSS an edge agent pays for
+  importing numba (why the device side stays numpy);
 - the downlink: lossless weights frame and exact XOR delta after one SGD-like
   step, against zstd of the raw float32 weights.
 
@@ -21,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -35,7 +41,7 @@ sys.path.insert(0, str(REPO))
 
 import quantization as q  # noqa: E402
 from fedge.bench import emit  # noqa: E402
-from quantization import indexcoding, topk  # noqa: E402
+from quantization import accel, api, batch, indexcoding, topk  # noqa: E402
 
 Row = dict[str, Any]
 LAYOUT = (0.62, 0.3, 0.075, 0.005)  # share of parameters per tensor
@@ -196,6 +202,78 @@ def decode_into_rows(update: dict[str, np.ndarray], repeats: int) -> list[Row]:
     ]
 
 
+def cpu_time(fn: Callable[[], object], rounds: int) -> float:
+    """Best thread CPU seconds of ``fn`` over ``rounds`` (other processes on a
+    shared machine stretch wall time, not this thread's CPU time)."""
+    best = math.inf
+    for _ in range(rounds):
+        started = time.thread_time()
+        fn()
+        best = min(best, time.thread_time() - started)
+    return best
+
+
+def path_rows(rounds: int) -> list[Row]:
+    """decode_into / decode_many_into per frame: compiled against numpy."""
+    fast = accel.compiled()
+    if fast is None:
+        return [row("codec paths 1M", "compiled decoding", 0.0, "ms",
+                    note=f"not measured: {accel.backend().reason}")]
+    fast.warm_up()
+    shapes = {"dense_kernel": (1000, 1000), "dense_bias": (1000,)}
+    spec = q.CodecSpec(density=0.01, bits=8)
+    frames = []
+    for seed in range(32):
+        rng = np.random.default_rng(seed)
+        delta = {k: (rng.standard_t(3, s) * 1e-3).astype(np.float32) for k, s in shapes.items()}
+        frames.append(q.encode(delta, spec, seed=seed).payload)
+    acc = {k: np.zeros(s, np.float64) for k, s in shapes.items()}
+    weights = [1.0] * len(frames)
+    calls = {
+        "numpy one": lambda: [api.decode_into_numpy(f, acc, 1.0, expected=shapes) for f in frames],
+        "numba one": lambda: [fast.decode_into(f, acc, 1.0, expected=shapes) for f in frames],
+        "numpy many": lambda: batch.decode_many_into_numpy(frames, acc, weights, expected=shapes),
+        "numba many": lambda: fast.decode_many_into(frames, acc, weights, expected=shapes),
+    }
+    best = dict.fromkeys(calls, math.inf)
+    for _ in range(rounds):  # interleaved, so a burst of load hits every path alike
+        for name, call in calls.items():
+            best[name] = min(best[name], cpu_time(call, 1) / len(frames))
+    ms = {name: value * 1e3 for name, value in best.items()}
+    note = (f"{len(frames)} top-1%/8-bit frames of a 1,001,000-parameter model into a float64 "
+            f"sum, thread CPU per frame, best of {rounds} interleaved rounds; baseline: the "
+            "numpy reference, same frames, same run")
+    return [
+        row("codec paths 1M", "decode_into per frame, compiled", ms["numba one"], "ms",
+            baseline=ms["numpy one"], note=note),
+        row("codec paths 1M", "decode_many_into (batches of 32) per frame, compiled",
+            ms["numba many"], "ms", baseline=ms["numpy many"], note=note),
+        row("codec paths 1M", "decode_many_into per frame, numpy, vs decode_into",
+            ms["numpy many"], "ms", baseline=ms["numpy one"],
+            note="the reference's own batching gain, for comparison"),
+    ]
+
+
+def numba_rss_rows() -> list[Row]:
+    """Peak RSS of an edge agent process, and of one that also imports numba."""
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent.
+    code = ("import edge_client.agent, quantization, pathlib, re, sys\n"
+            "if sys.argv[1] == '1':\n    import numba\n"
+            "status = pathlib.Path('/proc/self/status').read_text()\n"
+            "print(int(re.search(r'VmHWM:\\s+(\\d+)', status).group(1)) / 1024)")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    mb = []
+    for flag in ("0", "1"):
+        out = subprocess.run([sys.executable, "-c", code, flag], capture_output=True, text=True,
+                             env=env, check=False, timeout=120)
+        if out.returncode != 0:
+            return [row("codec edge", "agent peak RSS with numba imported", 0.0, "MB",
+                        note=f"not measured: {out.stderr.strip().splitlines()[-1]}")]
+        mb.append(float(out.stdout))
+    return [row("codec edge", "agent peak RSS with numba imported", mb[1], "MB", baseline=mb[0],
+                note="edge_client.agent + quantization imported; baseline: without numba")]
+
+
 def downlink_rows(params: int) -> list[Row]:
     rng = np.random.default_rng(3)
     base = {k: (v * 50).astype(np.float32) for k, v in make_update(params, 7).items()}
@@ -226,6 +304,8 @@ def run(quick: bool) -> list[Row]:
             rows += decode_into_rows(update, repeats=3 if quick else 5)
         rows += speed_rows(label, update, repeats=2 if quick or params > 1_000_000 else 3)
     rows += downlink_rows(1_000_000)
+    rows += path_rows(rounds=5 if quick else 9)
+    rows += numba_rss_rows()
     return rows
 
 

@@ -16,6 +16,10 @@ same for a batch of frames, bit for bit), :func:`inspect`; downlink
 default), and :func:`weights_digest` (a hash of weights, not of frame
 bytes). docs/codec.md documents the frame byte by byte.
 
+The decoders' hot loops run compiled (numba) where it is installed, else as
+numpy — the same bits either way; :func:`backend` says which, ``FEDGE_CODEC_JIT``
+chooses, and :func:`warm_up` compiles ahead (:mod:`quantization.accel`).
+
 Exceptions::
 
     fedge.errors.FedgeError
@@ -26,6 +30,7 @@ Exceptions::
             errors never escape decoding: they are translated to this.
 """
 
+from quantization.accel import Backend, backend, warm_up
 from quantization.api import (
     DecodeStats,
     Encoded,
@@ -51,6 +56,7 @@ from quantization.spec import CodecSpec
 
 __all__ = [
     "DEFAULT_MAX_DECODED_BYTES",
+    "Backend",
     "CodecError",
     "CodecSpec",
     "DecodeStats",
@@ -59,6 +65,7 @@ __all__ = [
     "FrameInfo",
     "TensorInfo",
     "apply_model_delta",
+    "backend",
     "decode",
     "decode_into",
     "decode_many_into",
@@ -67,5 +74,6 @@ __all__ = [
     "encode_model_delta",
     "encode_weights",
     "inspect",
+    "warm_up",
     "weights_digest",
 ]

@@ -361,28 +361,18 @@ def decode_rows(
     return 0
 
 
-# Accumulator elements per tile of the scatter: 256 KiB of float64, well
-# inside a core's L2 cache.
-_TILE = 1 << 15
-
-
 @_jit
 def scatter(acc: Any, positions: Any, values: Any, segments: Any, weights: Any) -> bool:
-    """``acc[p] += value × weight`` for every segment, segments in order for
-    every position. A segment is (value offset, position offset or −1 for
-    dense, count, weight index); a sparse segment's positions increase
-    (the decoder checked it). Everything is checked before the first write;
-    False: nothing was written.
+    """``acc[p] += value × weight`` segment by segment, in order. A segment
+    is (value offset, position offset or −1 for dense, count, weight index);
+    a sparse segment's positions increase (the decoder checked it).
+    Everything is checked before the first write; False: nothing was written.
 
-    The accumulator is walked tile by tile, and each tile takes every
-    segment's additions that fall in it, segments in order: one pass over
-    the accumulator per batch instead of one per frame (a 1M-parameter
-    float64 sum is 8 MB, past the caches, and top-1 % positions touch nearly
-    every cache line of it). Each position still receives the same additions
-    in the same order, so the sums are the same bits."""
+    (Walking the accumulator tile by tile, all segments per tile, was tried:
+    no faster here. A 1M-parameter float64 sum is 8 MB and top-1 % positions
+    touch most of its cache lines, so the loop waits on memory either way.)"""
     size = acc.size
-    n_segments = segments.shape[0]
-    for s in range(n_segments):
+    for s in range(segments.shape[0]):
         off, poff, count, w = segments[s, 0], segments[s, 1], segments[s, 2], segments[s, 3]
         if off < 0 or count < 0 or off + count > values.size or w < 0 or w >= weights.size:
             return False
@@ -398,23 +388,13 @@ def scatter(acc: Any, positions: Any, values: Any, segments: Any, weights: Any) 
                 if p <= previous or p >= size:
                     return False
                 previous = p
-    cursor = np.zeros(n_segments, dtype=np.int64)  # done in each segment
-    for tile in range(0, size, _TILE):
-        end = min(size, tile + _TILE)
-        for s in range(n_segments):
-            off, poff, count = segments[s, 0], segments[s, 1], segments[s, 2]
-            weight = weights[segments[s, 3]]
-            j = cursor[s]
-            if poff < 0:
-                while j < end:
-                    acc[j] += values[off + j] * weight
-                    j += 1
-            else:
-                while j < count:
-                    p = positions[poff + j]
-                    if p >= end:
-                        break
-                    acc[p] += values[off + j] * weight
-                    j += 1
-            cursor[s] = j
+    for s in range(segments.shape[0]):
+        off, poff, count = segments[s, 0], segments[s, 1], segments[s, 2]
+        weight = weights[segments[s, 3]]
+        if poff < 0:
+            for j in range(count):
+                acc[j] += values[off + j] * weight
+        else:
+            for j in range(count):
+                acc[positions[poff + j]] += values[off + j] * weight
     return True
