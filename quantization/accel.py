@@ -40,7 +40,7 @@ _CHOICES = ("auto", "on", "off")
 @dataclass(frozen=True)
 class Backend:
     name: str  # "numba" or "numpy"
-    reason: str  # why this one, for logs and `fedge codec backend`
+    reason: str  # why this one (for logs and reports)
 
 
 

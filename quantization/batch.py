@@ -33,7 +33,13 @@ import numpy.typing as npt
 
 from quantization import accel, bitpack, frame, indexcoding, stochastic
 from quantization import clip as clipping
-from quantization.api import Shapes, _check_accumulator, _values, decode_into_numpy
+from quantization.api import (
+    DecodeStats,
+    Shapes,
+    _check_accumulator,
+    _values,
+    decode_into_numpy,
+)
 from quantization.errors import CodecError
 
 # Rice parameters up to 8: a remainder then spans at most two bytes.
@@ -78,15 +84,52 @@ def decode_many_into(
 
     Runs the compiled kernels where :mod:`quantization.accel` chose them,
     else :func:`decode_many_into_numpy`; both give the same bits."""
-    fast = accel.compiled()
-    if fast is not None:
-        outcomes: list[CodecError | None] = fast.decode_many_into(
-            payloads, accumulator, weights, expected=expected, max_norm=max_norm, limit=limit
-        )
-        return outcomes
-    return decode_many_into_numpy(
-        payloads, accumulator, weights, expected=expected, max_norm=max_norm, limit=limit
+    return run_batches(
+        payloads, accumulator, weights, expected=expected, max_norm=max_norm, limit=limit,
+        whole=_whole, single=_fallback,
     )
+
+
+def _whole(
+    payloads: Sequence[bytes | bytearray | memoryview],
+    accumulator: MutableMapping[str, npt.NDArray[np.floating]],
+    weights: Sequence[float],
+    expected: Shapes,
+    max_norm: float | None,
+) -> bool:
+    """One sub-batch taken whole on this process's path (False: it was not)."""
+    fast = accel.compiled()
+    if fast is None:
+        return _whole_numpy(payloads, accumulator, weights, expected, max_norm)
+    taken: bool = fast.whole(payloads, accumulator, weights, expected, max_norm)
+    return taken
+
+
+def decode_into(
+    payload: bytes | bytearray | memoryview,
+    accumulator: MutableMapping[str, npt.NDArray[np.floating]],
+    weight: float,
+    *,
+    expected: Shapes,
+    max_norm: float | None = None,
+) -> DecodeStats:
+    """A frame of a batch that could not be taken whole, summed alone on
+    this process's path (compiled or numpy)."""
+    fast = accel.compiled()
+    if fast is None:
+        return decode_into_numpy(
+            payload, accumulator, weight, expected=expected, max_norm=max_norm
+        )
+    stats: DecodeStats = fast.decode_into(
+        payload, accumulator, weight, expected=expected, max_norm=max_norm
+    )
+    return stats
+
+
+def _fallback(*args: Any, **kwargs: Any) -> object:
+    # Looked up when called, so a test can replace ``decode_into`` to check
+    # that a batch was taken whole.
+    return decode_into(*args, **kwargs)
 
 
 def decode_many_into_numpy(

@@ -239,11 +239,11 @@ def decode_many_into(
     sub-batches, same outcomes, same sums."""
     return batch.run_batches(
         payloads, accumulator, weights, expected=expected, max_norm=max_norm, limit=limit,
-        whole=_whole, single=decode_into,
+        whole=whole, single=decode_into,
     )
 
 
-def _whole(
+def whole(
     payloads: Sequence[bytes | bytearray | memoryview],
     accumulator: MutableMapping[str, npt.NDArray[np.floating]],
     weights: Sequence[float],

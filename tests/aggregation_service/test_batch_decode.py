@@ -128,13 +128,13 @@ def test_sub_batches_bound_the_work_and_keep_the_order(
     multiple of the model; the sums stay those of one frame at a time."""
     monkeypatch.setattr(batch, "_BATCH_BYTES", budget)
     calls: list[int] = []
-    plan = batch._plan
+    whole = batch._whole  # a sub-batch, on the compiled or the numpy path
 
     def counting(payloads: Any, *args: Any) -> Any:
         calls.append(len(payloads))
-        return plan(payloads, *args)
+        return whole(payloads, *args)
 
-    monkeypatch.setattr(batch, "_plan", counting)
+    monkeypatch.setattr(batch, "_whole", counting)
     frames = [frame(i, **MIXED[i % len(MIXED)]) for i in range(2 * len(MIXED))]
     frames.insert(5, b"garbage frame")
     weights = [0.5 + i for i in range(len(frames))]
