@@ -95,8 +95,54 @@ def _single(bits: int) -> float:
     return -value if bits & 0x80000000 else value
 
 
-# Trailing zero bits of each byte value (8 for 0): the unary stream's stops.
-_TRAILING = np.array([8] + [(b & -b).bit_length() - 1 for b in range(1, 256)], dtype=np.int64)
+# Trailing zero bits of a 64-bit word's lowest set bit, by de Bruijn
+# multiplication (numba exposes no count-trailing-zeros).
+_DEBRUIJN = np.uint64(0x03F79D71B4CB0A89)
+_DEBRUIJN_TABLE = np.zeros(64, dtype=np.int64)
+for _i in range(64):
+    _DEBRUIJN_TABLE[((int(_DEBRUIJN) << _i) & (2**64 - 1)) >> 58] = _i
+_SHIFT58 = np.uint64(58)
+_ONE = np.uint64(1)
+
+
+@_jit
+def _remainders(
+    body: Any, start: int, end: int, k: int, count: int, out: Any, poff: int
+) -> None:
+    """The fixed-width low k bits of every delta, into ``out`` (the caller
+    checked the stream holds count·k bits)."""
+    if k == 0:
+        for i in range(count):
+            out[poff + i] = 0
+        return
+    mask = np.uint64((1 << k) - 1)
+    groups = count // 8
+    if k <= 8:
+        # Eight k-bit codes are exactly k bytes: one 64-bit word per group.
+        uk = np.uint64(k)
+        for g in range(groups):
+            at = start + g * k
+            word = np.uint64(0)
+            for b in range(k):
+                word |= np.uint64(body[at + b]) << np.uint64(8 * b)
+            for i in range(8):
+                out[poff + 8 * g + i] = np.int64((word >> (uk * np.uint64(i))) & mask)
+        done = 8 * groups
+    else:
+        done = 0
+    # The rest bit by bit from a buffer (at most k + 7 ≤ 47 bits held).
+    buf = 0
+    held = 0
+    at = start + (done * k) // 8
+    for i in range(done, count):
+        while held < k:
+            if at < end:
+                buf |= int(body[at]) << held
+            at += 1
+            held += 8
+        out[poff + i] = buf & int(mask)
+        buf >>= k
+        held -= k
 
 
 @_jit
@@ -114,42 +160,25 @@ def _rice(body: Any, start: int, end: int, n: int, count: int, out: Any, poff: i
     used = count * k
     if used % 8 and (int(body[rem_end - 1]) >> (used % 8)) != 0:
         return False
-    # The low k bits of every delta, into ``out`` (a 64-bit bit buffer: at
-    # most k + 7 ≤ 47 bits are held).
-    mask = (1 << k) - 1
-    if k:
-        buf = 0
-        held = 0
-        at = rem_start
-        for i in range(count):
-            while held < k:
-                if at >= rem_end:
-                    return False
-                buf |= int(body[at]) << held
-                at += 1
-                held += 8
-            out[poff + i] = buf & mask
-            buf >>= k
-            held -= k
-    else:
-        for i in range(count):
-            out[poff + i] = 0
-    # The quotients, in unary: each stop bit ends one. A quotient above
-    # max_q makes the delta reach n (and could overflow): refused early.
+    _remainders(body, rem_start, rem_end, k, count, out, poff)
+    # A quotient above max_q makes the delta reach n (and could overflow).
     max_q = (n - 1) >> k if n > 0 else -1
+    # Quotients: the unary stream 64 bits at a time; each set bit is a stop.
     found = 0
-    q = 0
     position = -1
-    last_byte = -1
-    for byte_at in range(rem_end, end):
-        byte = int(body[byte_at])
-        if byte == 0:
-            q += 8
-            continue
-        consumed = 0
-        while byte:
-            zeros = _TRAILING[byte]
-            q += zeros
+    next_q_start = 0  # stream bit where the next quotient's zeros begin
+    last_stop = -1
+    unary_start = rem_end
+    for word_at in range(unary_start, end, 8):
+        word = np.uint64(0)
+        for b in range(min(8, end - word_at)):
+            word |= np.uint64(body[word_at + b]) << np.uint64(8 * b)
+        base = (word_at - unary_start) * 8
+        while word:
+            low = word & (~word + _ONE)  # the lowest set bit
+            word &= word - _ONE
+            stop = base + _DEBRUIJN_TABLE[(low * _DEBRUIJN) >> _SHIFT58]
+            q = stop - next_q_start
             if found >= count or q > max_q:
                 return False
             delta = (q << k) | out[poff + found]
@@ -160,16 +189,14 @@ def _rice(body: Any, start: int, end: int, n: int, count: int, out: Any, poff: i
                 return False
             out[poff + found] = position
             found += 1
-            q = 0
-            byte >>= zeros + 1
-            consumed += zeros + 1
-        q += 8 - consumed
-        last_byte = byte_at
+            next_q_start = stop + 1
+            last_stop = stop
     if found != count:
         return False
     if count == 0:
-        return rem_end == end
-    return last_byte == end - 1
+        return unary_start == end
+    # Nothing may follow the byte holding the last stop bit.
+    return unary_start + (last_stop >> 3) == end - 1
 
 
 @_jit
@@ -304,6 +331,31 @@ def _stochastic(
 
 
 @_jit
+def _sum_squares(values: Any, off: int, count: int) -> float:
+    """Σ v² in float64 (exact squares of float32 values), four running sums
+    so the additions do not wait on each other. Its own order, not numpy's:
+    see compiled.py for how max_norm is still decided as numpy decides."""
+    a = b = c = d = 0.0
+    j = off
+    end = off + count
+    while j + 4 <= end:
+        v0 = np.float64(values[j])
+        v1 = np.float64(values[j + 1])
+        v2 = np.float64(values[j + 2])
+        v3 = np.float64(values[j + 3])
+        a += v0 * v0
+        b += v1 * v1
+        c += v2 * v2
+        d += v3 * v3
+        j += 4
+    while j < end:
+        v = np.float64(values[j])
+        a += v * v
+        j += 1
+    return (a + b) + (c + d)
+
+
+@_jit
 def decode_rows(
     body: Any, meta: Any, positions: Any, values: Any, sumsq: Any, factors: Any
 ) -> int:
@@ -353,11 +405,7 @@ def decode_rows(
             ok = False
         if not ok:
             return r + 1
-        total = 0.0
-        for j in range(off, off + count):
-            v = np.float64(values[j])
-            total += v * v
-        sumsq[r] = total
+        sumsq[r] = _sum_squares(values, off, count)
     return 0
 
 
