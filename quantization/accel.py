@@ -104,10 +104,15 @@ def _load() -> tuple[Backend, ModuleType | None]:
         import numba  # noqa: PLC0415
 
         from quantization import compiled  # noqa: PLC0415 - imports numba
-    except Exception as exc:  # ImportError, or numba failing to initialise
+
+        # Compile (or load from the cache) and run every kernel once now: a
+        # numba that imports but cannot compile here falls back as well.
+        compiled.warm_up()
+    except Exception as exc:  # ImportError, numba failing to initialise or compile
         if setting == "on":
             raise CodecError(f"{ENV}=on but the compiled codec kernels cannot load: {exc}") from exc
-        return Backend("numpy", f"numba unavailable ({type(exc).__name__}: {exc})"), None
+        reason = f"compiled kernels unavailable ({type(exc).__name__}: {exc})"
+        return Backend("numpy", reason), None
     return Backend("numba", f"numba {numba.__version__}"), compiled
 
 
@@ -117,7 +122,8 @@ def _resolve() -> tuple[Backend, ModuleType | None]:
 
 
 def backend() -> Backend:
-    """The implementation this process uses (resolving it on first call)."""
+    """The implementation this process uses (resolved on the first call, which
+    with numba includes compiling or loading the kernels: see warm_up)."""
     return _resolve()[0]
 
 
@@ -128,13 +134,12 @@ def compiled() -> ModuleType | None:
 
 
 def warm_up() -> tuple[Backend, float]:
-    """Load or compile every kernel the decoders and encoder use, now.
+    """Choose the path now and, with numba, load or compile every kernel the
+    decoders use (and run each once).
 
-    Returns the backend and the seconds it took (≈0 for numpy). Call it when
-    a process starts, before it serves: the first ``decode_into`` then costs
-    what every later one does."""
+    Returns the backend and the seconds it took (≈0 for numpy, or when done
+    before). Call it when a process starts, before it serves: the first
+    ``decode_into`` then costs what every later one does."""
     started = time.perf_counter()
-    chosen, module = _resolve()
-    if module is not None:
-        module.warm_up()
+    chosen, _ = _resolve()
     return chosen, time.perf_counter() - started

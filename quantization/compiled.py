@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from quantization import api, batch, frame
+from quantization import api, batch, frame, indexcoding
 from quantization import clip as clipping
 from quantization import kernels as k
 from quantization.api import DecodeStats, Shapes
@@ -90,7 +90,7 @@ class _Decoded:
         for f in frames:
             for e in f.entries:
                 values_per_tensor[column[e.name]] += e.nnz
-                if e.index_coding != k._DENSE:
+                if e.index_coding != indexcoding.DENSE:
                     positions_per_tensor[column[e.name]] += e.nnz
         value_at = [0] * len(self.names)
         position_at = [0] * len(self.names)
@@ -106,7 +106,7 @@ class _Decoded:
             at = body_at
             for e in f.entries:
                 t = column[e.name]
-                sparse = e.index_coding != k._DENSE
+                sparse = e.index_coding != indexcoding.DENSE
                 poff = position_at[t] if sparse else -1
                 rows.append([
                     e.size, e.index_coding, e.value_coding, e.bits, e.scale_dtype,

@@ -40,6 +40,10 @@ import numba
 import numpy as np
 
 from quantization import accel
+from quantization.frame import FLOAT16, FLOAT32, STOCHASTIC
+from quantization.indexcoding import BITMAP, DENSE, MAX_RICE_K, MAX_VARINT_BYTES, RICE, VARINT
+from quantization.spec import MAX_CHUNK_SIZE
+from quantization.stochastic import SCALE_FLOAT16, SCALE_FLOAT32
 
 # Before the first decorator: where compiled code is kept.
 accel.point_numba_cache()
@@ -58,13 +62,14 @@ def _jit(fn: _F) -> _F:
 SIZE, ICODE, VCODE, BITS, SDTYPE, CHUNK, NNZ, IOFF, ILEN, VOFF, VLEN, POFF, OFF = range(13)
 COLUMNS = 13
 
-# Codes as in indexcoding / frame / stochastic (checked by the tests).
-_DENSE, _VARINT, _BITMAP, _RICE = 0, 1, 2, 3
-_FLOAT32, _FLOAT16, _STOCHASTIC = 0, 1, 2
-_SCALE_F16, _SCALE_F32 = 1, 2
-_MAX_RICE_K = 40
-_MAX_VARINT_BYTES = 9
-_MAX_CHUNK = 1 << 20
+# The codes of the frame format, from the modules that define them (numba
+# takes module-level integers as compile-time constants).
+_DENSE, _VARINT, _BITMAP, _RICE = DENSE, VARINT, BITMAP, RICE
+_FLOAT32, _FLOAT16, _STOCHASTIC = FLOAT32, FLOAT16, STOCHASTIC
+_SCALE_F16, _SCALE_F32 = SCALE_FLOAT16, SCALE_FLOAT32
+_MAX_RICE_K = MAX_RICE_K
+_MAX_VARINT_BYTES = MAX_VARINT_BYTES
+_MAX_CHUNK = MAX_CHUNK_SIZE
 
 
 @_jit

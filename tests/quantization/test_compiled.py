@@ -399,10 +399,26 @@ def test_without_numba_auto_falls_back_and_on_refuses() -> None:
     hide = "import sys; sys.modules['numba'] = None\n"  # import numba → ImportError
     out = _python(hide + SHOW)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith("numpy | numba unavailable (ModuleNotFoundError")
+    assert out.stdout.startswith("numpy | compiled kernels unavailable (ModuleNotFoundError")
     out = _python(hide + SHOW, FEDGE_CODEC_JIT="on")
     assert out.returncode != 0
     assert "FEDGE_CODEC_JIT=on but the compiled codec kernels cannot load" in out.stderr
+
+
+def test_kernels_that_fail_to_compile_fall_back_or_refuse() -> None:
+    broken = (
+        "import quantization.compiled as c\n"
+        "def fail():\n    raise RuntimeError('no code generator for this CPU')\n"
+        "c.warm_up = fail\n"
+    )
+    out = _python(broken + SHOW)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == (
+        "numpy | compiled kernels unavailable (RuntimeError: no code generator for this CPU)"
+    )
+    out = _python(broken + SHOW, FEDGE_CODEC_JIT="on")
+    assert out.returncode != 0
+    assert "no code generator for this CPU" in out.stderr
 
 
 def test_compiled_code_is_cached_between_processes(tmp_path: Any) -> None:
