@@ -91,6 +91,23 @@ def max_advantage(positive: Any, negative: Any) -> tuple[float, float]:
     return max(float(gap[best]), 0.0), float(thresholds[best])
 
 
+def tpr_at_fpr(positive: Any, negative: Any, fpr: float) -> float:
+    """The largest true-positive rate of a rule "positive when score ≥ τ"
+    whose false-positive rate is at most ``fpr`` (Carlini et al. 2022 report
+    attacks this way: what an attacker finds while rarely wrong). With n
+    negatives a rate below 1/n can only be met with no false positive."""
+    if not 0 <= fpr <= 1:
+        raise AuditError(f"fpr: {fpr} must be between 0 and 1")
+    pos, neg = _scores(positive, "positive scores"), _scores(negative, "negative scores")
+    neg_sorted = np.sort(neg)[::-1]  # descending
+    allowed = math.floor(fpr * neg.size + 1e-9)  # false positives the rate allows
+    if allowed >= neg.size:
+        return 1.0
+    # The threshold must lie strictly above the (allowed+1)-th largest negative.
+    cutoff = neg_sorted[allowed]
+    return float(np.count_nonzero(pos > cutoff)) / pos.size
+
+
 def loss_threshold_attack(member_losses: Any, non_member_losses: Any) -> AuditResult:
     """Yeom et al.'s attack from per-example losses (lower loss ⇒ member)."""
     m = _scores(member_losses, "member losses")
