@@ -125,8 +125,8 @@ def save_figure(path: Path, originals: np.ndarray, rows: Sequence[tuple[str, np.
         raise AuditError("--png needs matplotlib: pip install 'fedge[audit]'") from exc
     cols = len(originals)
     all_rows = [("original", originals), *rows]
-    fig, axes = plt.subplots(len(all_rows), cols, figsize=(1.0 * cols + 2.6, 1.0 * len(all_rows)),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(all_rows), cols, squeeze=False,
+                             figsize=(max(6.0, 0.9 * cols + 2.8), 0.9 * len(all_rows) + 0.6))
     for r, (label, images) in enumerate(all_rows):
         for c in range(cols):
             ax = axes[r][c]

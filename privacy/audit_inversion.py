@@ -331,7 +331,8 @@ class InversionResult:
     rows: list[InversionRow]
     prior_psnr: float  # the data set's mean image as the guess (no update seen)
     prior_identified: float
-    # First trial of each setting: (originals, best reconstructions) for the figure.
+    # Per setting: (victims' originals, the best attack's reconstructions),
+    # up to 8 images over the first trials, for the figure.
     examples: dict[tuple[int, int, str], tuple[np.ndarray, np.ndarray]] = field(
         default_factory=dict)
 
@@ -438,8 +439,11 @@ def run_inversion(
             ))
             if q.psnr_mean > best_psnr:
                 best_psnr = q.psnr_mean
-                rec0, orig0 = pairs[0]
-                result.examples[(b, e, prot.label)] = (orig0, rec0)
+                # The victims' examples (the first B of each trial), up to 8
+                # images: the same examples for every setting of this batch size.
+                orig = np.concatenate([o[:b] for _, o in pairs])[:8]
+                rec = np.concatenate([r[:b] for r, _ in pairs])[:8]
+                result.examples[(b, e, prot.label)] = (orig, rec)
         if progress is not None:
             progress(f"batch {b}, {e} epoch(s), {prot.label}: done")
     return result

@@ -150,6 +150,8 @@ def lira_scores(phi: np.ndarray, member: np.ndarray) -> Scored:
         sp, sm = phi[shadows], member[shadows]
         n_in, n_out = sm.sum(axis=0), (~sm).sum(axis=0)
         ok = np.flatnonzero((n_in >= 1) & (n_out >= 1))
+        if ok.size == 0:
+            continue
         sp, sm = sp[:, ok], sm[:, ok]
         mu_in = (sp * sm).sum(axis=0) / n_in[ok]
         mu_out = (sp * ~sm).sum(axis=0) / n_out[ok]
@@ -162,6 +164,9 @@ def lira_scores(phi: np.ndarray, member: np.ndarray) -> Scored:
         ll_out = -0.5 * ((x - mu_out) / sd_out) ** 2 - math.log(sd_out)
         parts.append((ll_in - ll_out, (x - mu_out) / sd_out, member[t, ok],
                       np.full(ok.size, t), ok))
+    if not parts:
+        raise AuditError("no example has both an 'in' and an 'out' shadow model; train more "
+                         "models")
     online, offline, labels, targets, examples = (np.concatenate(c) for c in zip(*parts,
                                                                                  strict=True))
     return Scored(online, offline, labels.astype(bool), targets, examples)

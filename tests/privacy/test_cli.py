@@ -1,4 +1,4 @@
-"""``fedge audit`` end to end on the exported mlp, and its input errors."""
+"""``fedge audit membership`` end to end on the exported mlp, and its input errors."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def test_audit_of_an_overfit_version_from_a_weights_frame(
             model.train_step(m["x"], m["y"], 0.1)
     frame = tmp_path / "weights.bin"
     frame.write_bytes(quantization.encode_weights(model.get_weights()))
-    code = main(["audit", str(exported_mlp), "--members", str(data["members"]),
+    code = main(["audit", "membership", str(exported_mlp), "--members", str(data["members"]),
                  "--non-members", str(data["non_members"]), "--weights", str(frame),
                  "--epsilon", "2", "--json"])
     assert code == 0
@@ -61,7 +61,7 @@ def test_audit_of_an_overfit_version_from_a_weights_frame(
     # The untrained export, human-readable output, and .npz weights.
     npz = tmp_path / "weights.npz"
     np.savez(npz, **model.get_weights())  # type: ignore[arg-type]
-    assert main(["audit", str(exported_mlp), "--members", str(data["members"]),
+    assert main(["audit", "membership", str(exported_mlp), "--members", str(data["members"]),
                  "--non-members", str(data["non_members"]), "--weights", str(npz)]) == 0
     out = capsys.readouterr().out
     assert "attack AUC" in out and "members 40" in out
@@ -92,7 +92,7 @@ def test_audit_input_errors_exit_2_with_a_message(
             args[flag] = str(tmp_path / "frame_garbage.bin")
         else:
             args[flag] = str(tmp_path / name)
-    argv = ["audit", str(exported_mlp)] + [v for kv in args.items() for v in kv]
+    argv = ["audit", "membership", str(exported_mlp)] + [v for kv in args.items() for v in kv]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "fedge audit: error:" in err and message in err
@@ -101,7 +101,7 @@ def test_audit_input_errors_exit_2_with_a_message(
 def test_audit_of_a_directory_that_is_not_an_export(
     tmp_path: Path, data: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["audit", str(tmp_path), "--members", str(data["members"]),
+    assert main(["audit", "membership", str(tmp_path), "--members", str(data["members"]),
                  "--non-members", str(data["non_members"])]) == 2
     assert "no manifest.json" in capsys.readouterr().err
 
@@ -112,6 +112,6 @@ def test_audit_data_that_does_not_fit_the_model(
 ) -> None:
     bad = tmp_path / "bad.npz"
     np.savez(bad, x=np.zeros((4, 10), np.float32), y=np.zeros(4, np.int32))
-    assert main(["audit", str(exported_mlp), "--members", str(bad),
+    assert main(["audit", "membership", str(exported_mlp), "--members", str(bad),
                  "--non-members", str(data["non_members"])]) == 2
     assert "the model expects (64,)" in capsys.readouterr().err

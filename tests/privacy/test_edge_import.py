@@ -1,7 +1,8 @@
 """The device-side parts of ``privacy`` (DP clipping and local noise, robust
 checks, the CLI module the ``fedge`` parser imports) run in the edge
 environments: no TensorFlow, no dp-accounting, and NumPy 1.x under
-tflite-runtime."""
+tflite-runtime. Building the whole ``fedge`` parser — ``fedge audit`` and
+its inversion audit included — loads none of the audits' heavy modules."""
 
 from __future__ import annotations
 
@@ -17,8 +18,11 @@ dp = DPConfig.from_dict({"noise_multiplier": 0.5, "clip_norm": 1.0, "mode": "loc
 out = add_local_noise({"w": np.full(1000, 1.0, np.float32)}, dp, np.random.default_rng(0))
 assert out.clipped and abs(float(np.std(out.update["w"])) - 0.5) < 0.05
 assert clip_update({"w": np.ones(4)}, 1.0).factor == 0.5
-assert "tensorflow" not in sys.modules, "tensorflow was imported"
-assert "dp_accounting" not in sys.modules
+import fedge.cli
+fedge.cli.build_parser()
+for heavy in ("tensorflow", "dp_accounting", "scipy", "sklearn", "matplotlib",
+              "privacy.audit_gradient", "privacy.audit_inversion"):
+    assert heavy not in sys.modules, heavy + " was imported"
 print("ok", np.__version__)
 """
 
