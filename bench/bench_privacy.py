@@ -15,14 +15,15 @@ membership-inference AUC.
    plain-mode server time (``decode_into`` of n dense float32 frames).
 
 2. DP-FedAvg accuracy vs ε and membership-inference AUC — a **centralized
-   emulation**, not the fleet simulator (the service does not wire DP in yet):
+   emulation** (``privacy.audit_fedavg.run_fedavg``), not the fleet simulator:
    the real exported TFLite mlp (``model_export.export_reference`` +
    ``fedge.runtime.TrainableModel``) trained on scikit-learn's digits split
    over 1,200 single-user "devices"; each round samples devices with
    probability q (Poisson), each trains locally from the global weights,
    clips its delta to C, the server sums, adds N(0, (zC)²) with
    ``privacy.dp.add_noise``, divides by the expected count and steps. ε from
-   ``privacy.accountant`` (RDP, δ = 1e-5). The audit is
+   dp-accounting's RDP accountant for the events ``privacy.accountant``
+   charges (composed once for all rounds; δ = 1e-5). The audit is
    ``privacy.audit.audit_model`` on 300 training vs 300 held-out examples.
 
    A second, memorization-prone scenario (200 devices, 10 local steps, long
@@ -38,8 +39,27 @@ membership-inference AUC.
    50), per-device bytes up and down against plain codec frames of the same
    update (dense float32, dense 8-bit, top-1 %/8-bit), measured in the run.
 
-Run: ``.venv/bin/python bench/bench_privacy.py [--quick]``; writes
-``bench/results/privacy.json``.
+5. Audits that measure (``privacy.audit_*``; numbers and settings in
+   docs/privacy.md):
+
+   - gradient inversion of one device's update from the exported TFLite mlp
+     (and cnn), per batch size, local epochs and protection — dense float32,
+     top-10 %/8-bit and top-1 %/8-bit codec frames, local DP at several z,
+     secure sums of n devices — PSNR, SSIM and the fraction of examples
+     identified by nearest neighbour, for the analytic attack and gradient
+     matching (baseline: the undefended update of the same batch size and
+     epochs; the data's mean image is the no-information guess); example
+     images in ``bench/results/privacy_inversion.png``;
+   - the one-run empirical ε from canary clients in the DP-FedAvg
+     emulation, per noise multiplier, against the accountant's ε for the
+     same run (baseline: PLD ε), and the estimator on exact Gaussian-mechanism
+     samples (baseline: the mechanism's ε);
+   - LiRA with shadow models: AUC and TPR at 0.1 % FPR by model width and
+     training-set size without DP (baseline: the loss-threshold attack on the
+     same models), then under DP-FedAvg (baseline: FedAvg without DP).
+
+Run: ``.venv/bin/python bench/bench_privacy.py [--quick] [--audits-only]``;
+writes ``bench/results/privacy.json``.
 """
 
 from __future__ import annotations
@@ -61,8 +81,7 @@ sys.path.insert(0, str(REPO))
 import quantization as q  # noqa: E402
 from fedge.bench import emit  # noqa: E402
 from privacy import secagg  # noqa: E402
-from privacy.accountant import PrivacyAccountant  # noqa: E402
-from privacy.dp import DPConfig, add_noise, clip_update  # noqa: E402
+from privacy.audit_fedavg import FedAvgConfig, accountant_epsilon, run_fedavg  # noqa: E402
 
 Row = dict[str, Any]
 MLP_PARAMS = 8970  # 64·64+64 + 64·64+64 + 64·10+10
@@ -191,43 +210,18 @@ def dp_scenario(model: Any, init: dict[str, np.ndarray], name: str, *, devices: 
     x_test, y_test = x[1200:], y[1200:]  # the same 597 held-out examples in every scenario
     q_rate = expected_k / devices
     clip, local_lr, delta = 1.0, 0.1, 1e-5
-    names = [t.name for t in model.manifest.trainable]
     audit_n = min(300, devices)
 
     def train(z: float | None, seed: int) -> tuple[dict[str, np.ndarray], float, int, float]:
-        rng = np.random.default_rng(seed)
-        weights = {k: v.copy() for k, v in init.items()}
-        dp = DPConfig(noise_multiplier=z, clip_norm=clip, delta=delta) if z else None
-        accountant = PrivacyAccountant(dp) if dp else None
-        clipped_count = 0
-        for r in range(rounds):
-            chosen = np.flatnonzero(rng.random(devices) < q_rate)
-            total = {n: np.zeros(weights[n].shape, np.float64) for n in names}
-            for dev in chosen:
-                model.set_weights(weights)
-                for _ in range(local_steps):
-                    model.train_step(x_train[dev : dev + 1], y_train[dev : dev + 1], local_lr)
-                after = model.get_weights()
-                delta_w = {n: after[n] - weights[n] for n in names}
-                if dp is not None:
-                    clipped = clip_update(delta_w, clip)
-                    clipped_count += clipped.clipped
-                    delta_w = clipped.update
-                for n in names:
-                    total[n] += delta_w[n]
-            if dp is not None:
-                total = add_noise(total, dp, rng)
-                assert accountant is not None
-                accountant.record(r + 1, sampling_probability=q_rate)
-                denominator = float(expected_k)  # fixed: the realized count would leak
-            else:
-                denominator = float(max(len(chosen), 1))
-            for n in names:
-                weights[n] = (weights[n] + total[n] / denominator).astype(np.float32)
-        model.set_weights(weights)
+        config = FedAvgConfig(rounds=rounds, clients_per_round=expected_k,
+                              local_steps=local_steps, local_lr=local_lr, clip_norm=clip,
+                              noise_multiplier=z or None, delta=delta)
+        devices_xy = [(x_train[d : d + 1], y_train[d : d + 1]) for d in range(devices)]
+        run = run_fedavg(model, init, devices_xy, config, np.random.default_rng(seed))
+        model.set_weights(run.weights)
         acc = model.evaluate(x_test, y_test)["accuracy"]
-        eps = accountant.epsilon() if accountant else math.inf
-        return weights, eps, clipped_count, acc
+        eps = accountant_epsilon(q_rate, z, rounds, delta) if z else math.inf
+        return run.weights, eps, run.clipped, acc
 
     results = {}
     for z in levels:
@@ -483,6 +477,252 @@ def served_secagg_rows(n: int, d: int) -> list[Row]:
     ]
 
 
+# --------------------------------------------------------------------------- audits
+
+
+def _export(tmp: Path, name: str, **options: Any) -> Any:
+    from privacy.audit_setup import export_reference, open_model
+
+    shape = (8, 8, 1) if name == "cnn" else (64,)
+    label = name + "".join(f"-{k}{'x'.join(map(str, v))}" for k, v in options.items())
+    return open_model(export_reference(name, tmp / label, input_shape=shape, classes=10,
+                                       **options))
+
+
+def _best(per_attack: dict[str, Any]) -> Any:
+    """The attack that identified the most examples (then: higher PSNR)."""
+    return max(per_attack.values(), key=lambda r: (r.identified, r.psnr_mean))
+
+
+def inversion_rows(quick: bool, tmp: Path) -> list[Row]:
+    """Gradient inversion per batch size, epochs and protection (section 5)."""
+    from privacy.audit_gradient import GradientConfig, make_attack
+    from privacy.audit_images import save_figure
+    from privacy.audit_inversion import Setting, parse_protection, run_inversion
+    from privacy.audit_setup import digits
+
+    data = digits(0)
+    trials = 3 if quick else 8
+    iterations = 300 if quick else 500
+    lr = 0.05  # the service's default plan learning rate
+    batches = (1, 8, 32) if quick else (1, 2, 4, 8, 16, 32)
+    protected_batches = (1, 8)
+    protected_epochs = (1,) if quick else (1, 5)
+    ldp = ("ldp:0.01", "ldp:0.1", "ldp:1") if quick else ("ldp:0.001", "ldp:0.01", "ldp:0.1",
+                                                         "ldp:1")
+    sums = ("secsum:3", "secsum:10") if quick else ("secsum:3", "secsum:10", "secsum:30")
+    others = ("topk:0.1", "topk:0.01", *ldp)
+    rows: list[Row] = []
+    figure: list[tuple[str, np.ndarray, np.ndarray]] = []
+    for name in ("mlp", "cnn"):
+        model = _export(tmp, name)
+        init = model.get_weights()
+        attack = make_attack(model, init, lr=lr, image_shape=data.image_shape,
+                             config=GradientConfig(iterations=iterations))
+        both = ("analytic", "gradient") if name == "mlp" else ("gradient",)
+        groups: list[tuple[list[Setting], tuple[str, ...]]] = []
+        if name == "mlp":
+            dense = parse_protection("dense")
+            groups.append(([Setting(b, e, dense) for b in batches for e in (1, 5)], both))
+            groups.append(([Setting(b, e, parse_protection(p)) for b in protected_batches
+                            for e in protected_epochs for p in others], both))
+            for p in sums:
+                n = parse_protection(p).devices
+                for b in protected_batches:
+                    # Gradient matching of n·B unknown images, n trajectories
+                    # simulated per step, is left out past 24 (minutes per device).
+                    attacks = both if n * b <= 24 else ("analytic",)
+                    groups.append(([Setting(b, e, parse_protection(p))
+                                    for e in protected_epochs], attacks))
+        else:
+            cnn_batches = (1,) if quick else (1, 4)
+            cnn_epochs = (1,) if quick else (1, 5)
+            groups.append(([Setting(b, e, parse_protection(p)) for b in cnn_batches
+                            for e in cnn_epochs for p in ("dense", "topk:0.1")], both))
+        results = []
+        for settings, attacks in groups:
+            results.append(run_inversion(model, init, data, settings, trials=trials, lr=lr,
+                                         seed=0, attacks=attacks, gradient_attack=attack))
+            print(f"  inversion {name}: {len(settings)} settings done", file=sys.stderr)
+        prior = results[0].prior_psnr
+        table = [r for res in results for r in res.rows]
+        keys = list(dict.fromkeys((r.batch_size, r.epochs, r.protection) for r in table))
+        by_key = {k: {r.attack: r for r in table if (r.batch_size, r.epochs, r.protection) == k}
+                  for k in keys}
+
+        for b, e, prot in keys:
+            per = by_key[(b, e, prot)]
+            best = _best(per)
+            dense = by_key.get((b, e, "dense float32"))
+            base = None if prot == "dense float32" or dense is None else _best(dense)
+            label = f"inversion {name} b={b} e={e} {prot}"
+            eps = ("" if best.epsilon is None else
+                   f"; local DP ε = {best.epsilon:.3g} per upload (δ 1e-5)")
+            detail = "; ".join(
+                f"{a}: SSIM {x.ssim_mean:.2f}, median PSNR {x.psnr_median:.1f} dB, identified "
+                f"{x.identified:.0%}" + ("" if x.label_accuracy is None else
+                                          f", labels {x.label_accuracy:.0%}")
+                + f", {x.seconds:.2f} s/device" for a, x in per.items())
+            rows.append(row(label, "identified (best attack)", best.identified, "",
+                            baseline=None if base is None else base.identified,
+                            note=f"best: {best.attack}; baseline: the dense update. {trials} "
+                                 f"devices × {b} digit(s), {e} local epoch(s), lr {lr}, "
+                                 f"{best.payload_bytes:.0f} B upload{eps}. {detail}"))
+            for attack, x in per.items():
+                rows.append(row(label, f"PSNR ({attack})", x.psnr_mean, "dB", baseline=prior,
+                                note="baseline: the data's mean image as the guess (no "
+                                     "update seen); capped at 60 dB"))
+        for res in results:
+            for (b, e, prot), (orig, rec) in res.examples.items():
+                if name == "mlp" and b == 1 and e == 1:
+                    figure.append((f"{prot}", orig, rec))
+                if name == "cnn" and b == 1 and e == 1 and prot == "dense float32":
+                    figure.append(("cnn, dense float32", orig, rec))
+    if figure:
+        save_figure(REPO / "bench" / "results" / "privacy_inversion.png", figure[0][1],
+                    [(label, rec) for label, _, rec in figure], data.image_shape,
+                    "one device, one digit, one local epoch: what the server reconstructs")
+    return rows
+
+
+def estimator_rows(quick: bool) -> list[Row]:
+    """The ε estimator on exact Gaussian-mechanism samples: how far each fit
+    lands from the mechanism's ε with as many canaries as the audit uses."""
+    from privacy.audit_epsilon import estimate_epsilon, gaussian_mechanism_epsilon
+
+    canaries = 500 if quick else 1000
+    reps = 30 if quick else 100
+    rng = np.random.default_rng(11)
+    rows: list[Row] = []
+    for z in (1.0, 2.0, 6.0):
+        exact = gaussian_mechanism_epsilon(z, 1e-5)
+        shared, paper = [], []
+        for _ in range(reps):
+            est = estimate_epsilon(rng.normal(1 / z, 1.0, canaries), rng.normal(0.0, 1.0, canaries),
+                                   1e-5, dim=10_000)
+            shared.append(est.epsilon_equal_variance)
+            paper.append(est.epsilon)
+        label = f"epsilon estimator, Gaussian mechanism z={z:g}"
+        note = (f"{reps} draws of {canaries} seen + {canaries} unseen statistics from "
+                f"N(1/z, 1) and N(0, 1); baseline: the mechanism's exact ε = {exact:.3f}")
+        rows.append(row(label, "mean estimate (shared std)", float(np.mean(shared)), "",
+                        baseline=exact, note=note + f"; sd {np.std(shared):.3f}"))
+        rows.append(row(label, "mean estimate (two-parameter fit)", float(np.mean(paper)), "",
+                        baseline=exact, note=f"the paper's fit; sd {np.std(paper):.3f}"))
+    return rows
+
+
+def epsilon_rows(quick: bool, tmp: Path) -> list[Row]:
+    """One-run ε from canary clients vs the accountant, per noise multiplier."""
+    from privacy.audit_canary import EpsilonAuditConfig, run_epsilon_audit
+    from privacy.audit_setup import digits
+
+    data = digits(0)
+    model = _export(tmp, "mlp")
+    config = EpsilonAuditConfig(
+        noise_multipliers=(0.5, 1.0, 2.0) if quick else (0.5, 1.0, 2.0, 4.0),
+        devices=1200, canaries=500 if quick else 1000, unseen=500 if quick else 1000,
+        clients_per_round=100, rounds=60 if quick else 200, local_steps=5, local_lr=0.1,
+        clip_norm=1.0, delta=1e-5, seed=0, bootstrap=100 if quick else 200)
+    out = run_epsilon_audit(model, model.get_weights(), (data.x, data.y),
+                            (data.x[1200:], data.y[1200:]), config)
+    rows: list[Row] = []
+    for r in out:
+        label = f"one-run epsilon z={r.noise_multiplier:g}"
+        setting = (f"DP-FedAvg emulation, real TFLite mlp, 1,200 one-digit devices + "
+                   f"{config.canaries} canary clients ({config.unseen} unseen), q = "
+                   f"{r.sampling_probability:.4f}, {r.rounds} rounds, 5 local steps, C = 1, "
+                   f"δ = 1e-5; test accuracy {r.test_accuracy:.3f}; {r.seconds:.0f} s")
+        rows.append(row(label, "accountant epsilon (RDP)", r.epsilon_rdp, "",
+                        note="what fedge's accountant charges. " + setting))
+        rows.append(row(label, "accountant epsilon (PLD)", r.epsilon_pld, "",
+                        note="the same events, PLD accounting (tighter)"))
+        for metric, value, interval, paper in (
+                ("empirical epsilon, final model", r.final_model, r.final_model_interval,
+                 r.final_model_two_parameter),
+                ("empirical epsilon, every version", r.every_version, r.every_version_interval,
+                 r.every_version_two_parameter)):
+            verdict = ("at or below the bound" if value <= r.epsilon_pld else
+                       "ABOVE the bound beyond its interval" if interval[0] > r.epsilon_pld
+                       else "above the bound, within its sampling interval")
+            rows.append(row(label, metric, value, "", baseline=r.epsilon_pld,
+                            note=f"shared-std fit, 95 % interval [{interval[0]:.2f}, "
+                                 f"{interval[1]:.2f}]; the paper's two-parameter fit "
+                                 f"{paper:.2f}; baseline: PLD ε; {verdict}"))
+    return rows
+
+
+def lira_rows(quick: bool, tmp: Path) -> list[Row]:
+    """LiRA by capacity and data size, then under DP-FedAvg."""
+    from privacy.audit_fedavg import FedAvgConfig
+    from privacy.audit_lira import LiraConfig, run_lira
+    from privacy.audit_setup import digits
+
+    data = digits(0)
+    held_out = (data.x[-197:], data.y[-197:])
+    models = 17 if quick else 65
+    rows: list[Row] = []
+    widths = (16, 64, 256)
+    sizes = (50, 200) if quick else (50, 200, 800)
+    exported = {h: _export(tmp, "mlp", hidden=(h,)) for h in widths}
+    for h in widths:
+        model = exported[h]
+        params = model.manifest.num_trainable_parameters
+        for n in sizes:
+            res = run_lira(model, model.get_weights(), (data.x[: 2 * n], data.y[: 2 * n]),
+                           held_out, LiraConfig(models=models, train_size=n, epochs=100))
+            label = f"lira mlp-{h} ({params:,} params) n={n}"
+            note = (f"central SGD, 100 epochs, batch 32, lr 0.1; {models} models each the target "
+                    f"once ({res.scored:,} scores); train acc {res.train_accuracy:.3f}, test "
+                    f"{res.test_accuracy:.3f}; offline LiRA AUC {res.lira_offline.auc:.3f}; "
+                    f"baseline: loss threshold on the same models")
+            rows.append(row(label, "LiRA AUC", res.lira_online.auc, "",
+                            baseline=res.loss_threshold.auc, note=note))
+            rows.append(row(label, "LiRA TPR at 0.1% FPR", res.lira_online.tpr_at_0_1pct_fpr, "",
+                            baseline=res.loss_threshold.tpr_at_0_1pct_fpr,
+                            note=f"TPR at 1 % FPR {res.lira_online.tpr_at_1pct_fpr:.3f} (loss "
+                                 f"threshold {res.loss_threshold.tpr_at_1pct_fpr:.3f})"))
+        print(f"  lira width {h} done", file=sys.stderr)
+    model = exported[64]
+    n, dp_models = 100, 9 if quick else 33
+    rounds = 50 if quick else 100
+    base: Any = None
+    for z in (None, 0.5, 1.0, 2.0):
+        fed = FedAvgConfig(rounds=rounds, clients_per_round=20, local_steps=10, local_lr=0.1,
+                           clip_norm=1.0, noise_multiplier=z)
+        res = run_lira(model, model.get_weights(), (data.x[: 2 * n], data.y[: 2 * n]), held_out,
+                       LiraConfig(models=dp_models, train_size=n, fedavg=fed))
+        label = "lira dp-fedavg " + ("no DP" if z is None else f"z={z:g}")
+        eps = "" if res.epsilon is None else f"ε = {res.epsilon:.1f} (RDP, δ 1e-5); "
+        bound = "" if res.epsilon is None else (
+            f"; (ε, δ)-DP allows TPR ≤ {min(1.0, math.exp(res.epsilon) * 0.001 + 1e-5):.3g} "
+            "at 0.1 % FPR")
+        note = (f"{eps}{n} one-digit devices, 20 per round (q = 0.2), {rounds} rounds, 10 local "
+                f"steps, C = 1; {dp_models} models; test acc {res.test_accuracy:.3f}; loss "
+                f"threshold AUC {res.loss_threshold.auc:.3f}; baseline: FedAvg without DP")
+        rows.append(row(label, "LiRA AUC", res.lira_online.auc, "",
+                        baseline=None if base is None else base.lira_online.auc, note=note))
+        rows.append(row(label, "LiRA TPR at 0.1% FPR", res.lira_online.tpr_at_0_1pct_fpr, "",
+                        baseline=None if base is None else base.lira_online.tpr_at_0_1pct_fpr,
+                        note=f"TPR at 1 % FPR {res.lira_online.tpr_at_1pct_fpr:.3f}{bound}"))
+        rows.append(row(label, "test accuracy", res.test_accuracy, "",
+                        baseline=None if base is None else base.test_accuracy, note=""))
+        if z is None:
+            base = res
+    print("  lira dp done", file=sys.stderr)
+    return rows
+
+
+def audit_rows(quick: bool) -> list[Row]:
+    with tempfile.TemporaryDirectory(prefix="fedge-bench-audit-") as tmp:
+        rows = estimator_rows(quick)
+        rows += epsilon_rows(quick, Path(tmp))
+        print("  one-run epsilon done", file=sys.stderr)
+        rows += lira_rows(quick, Path(tmp))
+        rows += inversion_rows(quick, Path(tmp))
+    return rows
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -496,6 +736,7 @@ def run(quick: bool) -> list[Row]:
     for n in (10,) if quick else (10, 50):
         rows.extend(served_secagg_rows(n, MLP_PARAMS))
     rows.extend(dp_rows(quick))
+    rows.extend(audit_rows(quick))
     return rows
 
 
@@ -510,8 +751,12 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true",
                         help="secure aggregation up to 100 devices; 60 DP rounds instead of 200")
     parser.add_argument("--skip-dp", action="store_true", help="secure aggregation rows only")
+    parser.add_argument("--audits-only", action="store_true",
+                        help="the audit rows only (inversion, one-run ε, LiRA)")
     args = parser.parse_args()
-    if args.skip_dp:
+    if args.audits_only:
+        rows = audit_rows(args.quick)
+    elif args.skip_dp:
         rows: list[Row] = []
         for d in (MLP_PARAMS, 100_000):
             for n in (10, 50, 100) if args.quick else (10, 50, 100, 200, 500):
@@ -520,7 +765,10 @@ def main() -> int:
             rows.extend(served_secagg_rows(n, MLP_PARAMS))
     else:
         rows = run(args.quick)
-    emit(rows, REPO / "bench" / "results" / "privacy.json")
+    # --audits-only is for working on the audits: it must not replace the
+    # full results file the README's table is collected from.
+    name = "privacy_audits.json" if args.audits_only else "privacy.json"
+    emit(rows, REPO / "bench" / "results" / name)
     return 0
 
 
