@@ -1,5 +1,5 @@
 """fedge's privacy package: differential privacy with an accountant, secure
-aggregation, robust aggregation and an empirical membership-inference audit.
+aggregation, robust aggregation and empirical privacy audits.
 
 Shared by the device side and the service (like :mod:`quantization`), so it
 never imports TensorFlow or aiohttp. Modules, one concern each:
@@ -15,8 +15,17 @@ never imports TensorFlow or aiohttp. Modules, one concern each:
 - :mod:`privacy.robust` — norm bounds, anomaly scoring, quarantine/throttle
   policy, coordinate-wise median and trimmed mean.
 - :mod:`privacy.audit` — loss-threshold membership-inference attack (AUC and
-  advantage) against a :class:`fedge.runtime.TrainableModel`; ``fedge audit``
-  (:mod:`privacy.cli`) runs it from the command line.
+  advantage) against a :class:`fedge.runtime.TrainableModel`, ROC helpers.
+- The offline audits (``fedge audit``, :mod:`privacy.cli`; docs/privacy.md §5):
+  :mod:`privacy.audit_lira` (likelihood-ratio membership attack with shadow
+  models), :mod:`privacy.audit_inversion` (gradient inversion of a device's
+  update under each protection; scoring in :mod:`privacy.audit_images`, the
+  TensorFlow gradient-matching attack in :mod:`privacy.audit_gradient`),
+  :mod:`privacy.audit_canary` (one-run ε from canary clients; estimator in
+  :mod:`privacy.audit_epsilon`, the DP-FedAvg emulation in
+  :mod:`privacy.audit_fedavg`), :mod:`privacy.audit_setup` (data, reference
+  export, missing-extra errors). They import TensorFlow, scipy, scikit-learn
+  and matplotlib only inside their functions.
 
 Only the numpy-only modules are imported here; import the others by name.
 
@@ -29,7 +38,7 @@ Exceptions::
         ├── SecAggError
         │   ├── SecAggAbandoned               round abandoned, nothing revealed
         │   └── ProtocolViolation             a participant lied (``.device``)
-        └── AuditError                        unusable audit data
+        └── AuditError                        an audit cannot run (bad data, flags, missing extra)
 """
 
 from privacy.dp import (

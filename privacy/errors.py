@@ -39,4 +39,5 @@ class ProtocolViolation(SecAggError):
 
 
 class AuditError(PrivacyError):
-    """The membership-inference audit was given unusable data."""
+    """An audit cannot run: unusable data, a bad flag or setting, or a
+    missing optional dependency (the message names the extra to install)."""

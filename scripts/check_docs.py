@@ -410,10 +410,31 @@ RULES: list[Rule] = [
         ),
     ),
     (
-        r"fedge audit .*",
+        r"fedge audit membership .*",
         Mapped(
             "tests/privacy/test_cli.py::test_audit_of_an_overfit_version_from_a_weights_frame",
             "needs member and non-member data sets of a trained version",
+        ),
+    ),
+    (
+        r"fedge audit inversion .*",
+        Mapped(
+            "tests/privacy/test_audit_cli.py::test_inversion_from_the_command_line",
+            "minutes at the documented sizes; the command at small sizes is tested",
+        ),
+    ),
+    (
+        r"fedge audit epsilon .*",
+        Mapped(
+            "tests/privacy/test_audit_cli.py::test_epsilon_from_the_command_line",
+            "a 200-round run per noise level; the command at small sizes is tested",
+        ),
+    ),
+    (
+        r"fedge audit lira .*",
+        Mapped(
+            "tests/privacy/test_audit_cli.py::test_lira_from_the_command_line",
+            "trains tens of models; the command at small sizes is tested",
         ),
     ),
     (
