@@ -21,7 +21,7 @@ rounds instead of once per round, which costs tenths of a second per round).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -149,7 +149,6 @@ def run_fedavg(
     rng: np.random.Generator,
     *,
     canaries: Canaries | None = None,
-    on_round: Callable[[int, Weights], None] | None = None,
 ) -> FedAvgRun:
     """Train from ``init``: ``devices`` is each real device's (x, y).
 
@@ -174,7 +173,7 @@ def run_fedavg(
     clipped = updates = canary_updates = 0
     max_seen = np.full(k, -np.inf)
     max_unseen = np.full(0 if canaries is None else canaries.unseen.shape[0], -np.inf)
-    for r in range(config.rounds):
+    for _ in range(config.rounds):
         chosen = np.flatnonzero(rng.random(population) < q)
         total = {n: np.zeros(weights[n].shape, np.float64) for n in names}
         for member in chosen:
@@ -211,8 +210,6 @@ def run_fedavg(
                 max_unseen = np.maximum(max_unseen, cosines(flat, canaries.unseen))
         for n in names:
             weights[n] = (weights[n] + step[n]).astype(np.float32)
-        if on_round is not None:
-            on_round(r + 1, weights)
     final_seen = final_unseen = np.zeros(0)
     if canaries is not None:
         moved = flatten({n: weights[n].astype(np.float64) - init[n] for n in names}, names)

@@ -36,6 +36,7 @@ to see what DP does to the attack.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -200,8 +201,6 @@ def run_lira(
     """Train ``config.models`` models on random halves of ``pool`` (inputs
     already shaped for the model) from ``init`` and attack each with the
     others as shadows. ``held_out`` measures test accuracy."""
-    import time  # noqa: PLC0415
-
     px, py = pool
     if len(px) != 2 * config.train_size:
         raise AuditError(f"the pool must hold 2 × train_size = {2 * config.train_size} "
