@@ -109,7 +109,11 @@ def reference_steps(
                             [tf.reduce_sum(tf.square(v - w0[n]))
                              for n, v in zip(trainable, train_vars, strict=True)]
                         )
-                grads = tape.gradient(total, train_vars)
+                # Dense gradients: TensorFlow hands an Embedding's gradient over as
+                # IndexedSlices, on which Keras's Adam/RMSprop square each slice
+                # separately, so repeated ids would get Σg² instead of (Σg)². The
+                # exported graph (like Keras on JAX or PyTorch) uses the dense sum.
+                grads = [tf.convert_to_tensor(g) for g in tape.gradient(total, train_vars)]
                 optimizer.apply_gradients(zip(grads, train_vars, strict=True))
                 return loss
 

@@ -37,6 +37,12 @@ class Activation:
             y = tf.sigmoid(x)
         elif self.kind == "softmax":
             y = tf.nn.softmax(x, axis=-1)
+        elif self.kind == "silu":
+            y = x * tf.sigmoid(x)
+        elif self.kind == "hard_sigmoid":
+            y = hard_sigmoid(x)
+        elif self.kind == "hard_silu":
+            y = x * hard_sigmoid(x)
         elif self.kind == "linear":
             y = x
         else:  # pragma: no cover - the translator only builds known kinds
@@ -65,9 +71,28 @@ class Activation:
             dx = dy * y * (1.0 - y)
         elif self.kind == "softmax":
             dx = y * (dy - tf.reduce_sum(dy * y, axis=-1, keepdims=True))
+        elif self.kind == "silu":
+            s = tf.sigmoid(x)
+            dx = dy * s * (1.0 + x * (1.0 - s))
+        elif self.kind == "hard_sigmoid":
+            dx = dy * hard_sigmoid_slope(x)
+        elif self.kind == "hard_silu":
+            dx = dy * (hard_sigmoid(x) + x * hard_sigmoid_slope(x))
         else:
             dx = dy
         return Grads((dx,), ())
 
 
-ACTIVATIONS = ("relu", "relu6", "leaky_relu", "tanh", "sigmoid", "softmax", "linear")
+def hard_sigmoid(x: Tensor) -> Tensor:
+    """Keras 3's ``relu6(x + 3) / 6``."""
+    return tf.nn.relu6(x + 3.0) * (1.0 / 6.0)
+
+
+def hard_sigmoid_slope(x: Tensor) -> Tensor:
+    """Its derivative: 1/6 strictly inside (−3, 3), as TensorFlow's Relu6 gradient."""
+    inside = tf.logical_and(x > -3.0, x < 3.0)
+    return tf.cast(inside, tf.float32) * (1.0 / 6.0)
+
+
+ACTIVATIONS = ("relu", "relu6", "leaky_relu", "tanh", "sigmoid", "softmax", "silu",
+               "hard_sigmoid", "hard_silu", "linear")

@@ -164,3 +164,37 @@ class Dropout:
             return Grads((None,), ())
         mask = cache[0]
         return Grads((dy if mask is None else dy * mask,), ())
+
+
+@dataclass(frozen=True)
+class GlobalMaxPool:
+    """Max over the spatial axes; the gradient is shared among tied maxima, as
+    TensorFlow's ``Max`` gradient does (``mask / count``)."""
+
+    name: str
+    keepdims: bool = False
+
+    def params(self) -> tuple[Param, ...]:
+        return ()
+
+    def forward(
+        self, params: Sequence[Tensor], inputs: Sequence[Tensor], ctx: Context
+    ) -> tuple[Tensor, Cache]:
+        x = inputs[0]
+        shape = static_shape(x)
+        axes = list(range(1, len(shape)))
+        y = tf.reduce_max(x, axis=axes, keepdims=True)
+        out = y if self.keepdims else tf.reshape(y, [-1, shape[-1]])
+        return out, (x, y, shape)
+
+    def backward(
+        self, params: Sequence[Tensor], cache: Cache, dy: Tensor, need_dx: bool
+    ) -> Grads:
+        if not need_dx:
+            return Grads((None,), ())
+        x, y, shape = cache
+        axes = list(range(1, len(shape)))
+        hit = tf.cast(tf.equal(x, y), tf.float32)
+        count = tf.reduce_sum(hit, axis=axes, keepdims=True)
+        dy = tf.reshape(dy, [-1, *([1] * (len(shape) - 1)), shape[-1]])
+        return Grads((hit * (dy / count),), ())

@@ -81,6 +81,48 @@ def _frozen() -> Any:
     return keras.Model(inputs, L.Dense(3, kernel_initializer=_init(11))(x))
 
 
+def _merge(layer: Any, sequence: bool = False) -> Any:
+    """Two trainable branches of one input, merged by ``layer``."""
+    shape = (4, 3) if sequence else (6,)
+    inputs = keras.Input(shape)
+    a = L.Dense(3, activation="tanh", kernel_initializer=_init(51))(inputs)
+    b = L.Dense(3, kernel_initializer=_init(52), bias_initializer="ones")(inputs)
+    x = layer([a, b])
+    if sequence:
+        x = L.Flatten()(x)
+    return keras.Model(inputs, L.Dense(3, kernel_initializer=_init(53))(x))
+
+
+def _squeeze_excite() -> Any:
+    """MobileNetV3's squeeze-and-excite: [B, H, W, C] × [B, 1, 1, C]."""
+    inputs = keras.Input((4, 4, 3))
+    x = L.Conv2D(3, 1, kernel_initializer=_init(54), bias_initializer="ones")(inputs)
+    s = L.GlobalAveragePooling2D(keepdims=True)(x)
+    s = L.Conv2D(3, 1, activation="sigmoid", kernel_initializer=_init(55))(s)
+    x = L.Multiply()([x, s])
+    return keras.Model(inputs, L.Dense(3, kernel_initializer=_init(56))(L.Flatten()(x)))
+
+
+def _operations() -> Any:
+    """Arithmetic recorded as Keras operations, as MobileNetV3's hard sigmoid is."""
+    inputs = keras.Input((6,))
+    x = L.Dense(6, kernel_initializer=_init(57), bias_initializer="ones")(inputs)
+    h = L.ReLU(6.0)(x + 3.0) * (1.0 / 6.0)
+    y = x * h - 0.5
+    y = 2.0 - y / 4.0
+    z = y + x
+    return keras.Model(inputs, L.Dense(3, kernel_initializer=_init(58))(z * x))
+
+
+def _stacked() -> Any:
+    """Two recurrent layers on top of each other: the second reads every step of the first."""
+    inputs = keras.Input((6, 3))
+    x = L.LSTM(5, return_sequences=True, kernel_initializer=_init(42))(inputs)
+    x = L.GRU(4, return_sequences=True, bias_initializer=_init(43))(x)
+    x = L.SimpleRNN(3)(x)
+    return keras.Model(inputs, L.Dense(3, kernel_initializer=_init(44))(x))
+
+
 CASES: dict[str, Callable[[], Any]] = {
     "dense_relu": lambda: _wrap((6,), L.Dense(5, activation="relu", kernel_initializer=_init(20))),
     "dense_relu6": lambda: _wrap(
@@ -153,6 +195,71 @@ CASES: dict[str, Callable[[], Any]] = {
     "add_residual": _residual,
     "embedding": _embedding,
     "frozen_layer": _frozen,
+    # --- recurrent -------------------------------------------------------------------------
+    "simple_rnn": lambda: _wrap((5, 3), L.SimpleRNN(4, kernel_initializer=_init(40))),
+    "simple_rnn_relu_sequences": lambda: _wrap(
+        (5, 3), L.SimpleRNN(4, activation="relu", return_sequences=True,
+                            kernel_initializer=_init(40))
+    ),
+    "simple_rnn_go_backwards": lambda: _wrap((5, 3), L.SimpleRNN(4, go_backwards=True)),
+    "gru_reset_after": lambda: _wrap((5, 3), L.GRU(4, bias_initializer=_init(41))),
+    "gru_reset_before": lambda: _wrap(
+        (5, 3), L.GRU(4, reset_after=False, bias_initializer=_init(41))
+    ),
+    "gru_sequences_go_backwards": lambda: _wrap(
+        (5, 3), L.GRU(4, return_sequences=True, go_backwards=True, bias_initializer=_init(41))
+    ),
+    "gru_no_bias": lambda: _wrap((5, 3), L.GRU(4, use_bias=False)),
+    "gru_reset_before_sequences_hard_sigmoid": lambda: _wrap(
+        (5, 3), L.GRU(4, reset_after=False, return_sequences=True,
+                      recurrent_activation="hard_sigmoid", bias_initializer=_init(41))
+    ),
+    "lstm": lambda: _wrap((5, 3), L.LSTM(4)),
+    "lstm_sequences": lambda: _wrap((5, 3), L.LSTM(4, return_sequences=True)),
+    "lstm_go_backwards_hard_sigmoid": lambda: _wrap(
+        (5, 3), L.LSTM(4, go_backwards=True, recurrent_activation="hard_sigmoid")
+    ),
+    "lstm_two_steps": lambda: _wrap((2, 3), L.LSTM(4)),
+    "stacked_lstm_gru": _stacked,
+    "bidirectional_lstm_concat_sequences": lambda: _wrap(
+        (5, 3), L.Bidirectional(L.LSTM(4, return_sequences=True))
+    ),
+    "bidirectional_gru_sum": lambda: _wrap(
+        (5, 3), L.Bidirectional(L.GRU(4, bias_initializer=_init(41)), merge_mode="sum")
+    ),
+    "bidirectional_simple_rnn_mul_sequences": lambda: _wrap(
+        (5, 3), L.Bidirectional(L.SimpleRNN(4, return_sequences=True), merge_mode="mul")
+    ),
+    "bidirectional_lstm_ave": lambda: _wrap(
+        (5, 3), L.Bidirectional(L.LSTM(3), merge_mode="ave")
+    ),
+    # --- structure ---------------------------------------------------------------------------
+    "zero_padding1d": lambda: _wrap((5, 2), L.ZeroPadding1D((1, 2))),
+    "zero_padding2d": lambda: _wrap((4, 4, 2), L.ZeroPadding2D(((0, 1), (2, 1)))),
+    "cropping1d": lambda: _wrap((6, 2), L.Cropping1D((1, 2))),
+    "cropping2d": lambda: _wrap((5, 5, 2), L.Cropping2D(((1, 0), (1, 2)))),
+    "upsampling1d": lambda: _wrap((4, 2), L.UpSampling1D(3)),
+    "upsampling2d": lambda: _wrap((3, 3, 2), L.UpSampling2D((2, 3))),
+    "global_max_pooling1d": lambda: _wrap((6, 3), L.GlobalMaxPooling1D()),
+    "global_max_pooling2d": lambda: _wrap((4, 4, 3), L.GlobalMaxPooling2D()),
+    "global_max_pooling2d_keepdims": lambda: _wrap(
+        (4, 4, 3), L.GlobalMaxPooling2D(keepdims=True)
+    ),
+    "time_distributed_dense": lambda: _wrap(
+        (4, 3), L.TimeDistributed(L.Dense(5, activation="tanh", kernel_initializer=_init(50)))
+    ),
+    "rescaling": lambda: _wrap((6,), L.Rescaling(1.0 / 127.5, offset=-1.0)),
+    "activation_silu": lambda: _wrap((6,), L.Activation("silu")),
+    "activation_hard_sigmoid": lambda: _wrap((6,), L.Activation("hard_sigmoid")),
+    "activation_hard_silu": lambda: _wrap((6,), L.Activation("hard_silu")),
+    "concatenate": lambda: _merge(L.Concatenate()),
+    "concatenate_axis1": lambda: _merge(L.Concatenate(axis=1), sequence=True),
+    "multiply": lambda: _merge(L.Multiply()),
+    "multiply_broadcast_squeeze_excite": _squeeze_excite,
+    "subtract": lambda: _merge(L.Subtract()),
+    "average": lambda: _merge(L.Average()),
+    "maximum": lambda: _merge(L.Maximum()),
+    "operations_hard_sigmoid": _operations,
 }
 
 
