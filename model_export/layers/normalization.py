@@ -109,3 +109,69 @@ class Embedding:
         onehot = tf.one_hot(tf.reshape(cache[0], [-1]), vocabulary, dtype=tf.float32)
         dtable = tf.matmul(tf.transpose(onehot), tf.reshape(dy, [-1, dim]))
         return Grads((None,), (dtable,))
+
+
+@dataclass(frozen=True)
+class LayerNorm:
+    """LayerNormalization over the last axis: ``y = γ·x̂ + β``, ``x̂ = (x − μ)/√(σ² + ε)``.
+
+    Backward, with ``g = dy·γ``: ``dx = (g − mean(g) − x̂·mean(g·x̂)) / √(σ² + ε)``;
+    ``dγ = Σ dy·x̂`` and ``dβ = Σ dy`` over every axis but the last.
+    """
+
+    name: str
+    gamma: np.ndarray | None
+    beta: np.ndarray | None
+    epsilon: float
+    trainable: bool = True
+
+    def params(self) -> tuple[Param, ...]:
+        out = []
+        if self.gamma is not None:
+            out.append(Param("gamma", self.gamma, self.trainable))
+        if self.beta is not None:
+            out.append(Param("beta", self.beta, self.trainable))
+        return tuple(out)
+
+    def _split(self, params: Sequence[Tensor]) -> tuple[Tensor | None, Tensor | None]:
+        values = list(params)
+        gamma = values.pop(0) if self.gamma is not None else None
+        beta = values.pop(0) if self.beta is not None else None
+        return gamma, beta
+
+    def forward(
+        self, params: Sequence[Tensor], inputs: Sequence[Tensor], ctx: Context
+    ) -> tuple[Tensor, Cache]:
+        x = inputs[0]
+        gamma, beta = self._split(params)
+        mean = tf.reduce_mean(x, axis=-1, keepdims=True)
+        centered = x - mean
+        variance = tf.reduce_mean(centered * centered, axis=-1, keepdims=True)
+        inv = tf.math.rsqrt(variance + self.epsilon)
+        normalized = centered * inv
+        y = normalized * gamma if gamma is not None else normalized
+        if beta is not None:
+            y = y + beta
+        return y, (normalized, inv, len(static_shape(x)))
+
+    def backward(
+        self, params: Sequence[Tensor], cache: Cache, dy: Tensor, need_dx: bool
+    ) -> Grads:
+        normalized, inv, rank = cache
+        gamma, _ = self._split(params)
+        axes = list(range(rank))
+        dparams: list[Tensor | None] = [None] * len(self.params())
+        if self.trainable:
+            index = 0
+            if self.gamma is not None:
+                dparams[index] = tf.reduce_sum(dy * normalized, axis=axes)
+                index += 1
+            if self.beta is not None:
+                dparams[index] = tf.reduce_sum(dy, axis=axes)
+        dx = None
+        if need_dx:
+            g = dy * gamma if gamma is not None else dy
+            mean_g = tf.reduce_mean(g, axis=-1, keepdims=True)
+            mean_gx = tf.reduce_mean(g * normalized, axis=-1, keepdims=True)
+            dx = (g - mean_g - normalized * mean_gx) * inv
+        return Grads((dx,), tuple(dparams))

@@ -114,6 +114,33 @@ def _operations() -> Any:
     return keras.Model(inputs, L.Dense(3, kernel_initializer=_init(58))(z * x))
 
 
+def _attention(causal: bool, use_bias: bool = True, value_dim: int | None = None) -> Any:
+    inputs = keras.Input((5, 6))
+    x = L.Dense(6, kernel_initializer=_init(60))(inputs)
+    mha = L.MultiHeadAttention(2, 3, value_dim=value_dim, use_bias=use_bias,
+                               kernel_initializer=_init(61), bias_initializer=_init(62))
+    y = mha(x, x, use_causal_mask=causal)
+    return keras.Model(inputs, L.Dense(3, kernel_initializer=_init(63))(L.Flatten()(y)))
+
+
+def _transformer_block() -> Any:
+    """Token + position embedding, causal attention, layer norms, feed-forward."""
+    from model_export.keras_layers import AddPositionEmbedding
+
+    inputs = keras.Input((5,), dtype="int32")
+    x = L.Embedding(11, 8, embeddings_initializer=keras.initializers.RandomNormal(seed=64))(
+        inputs
+    )
+    x = AddPositionEmbedding(5, initializer=keras.initializers.RandomNormal(seed=65))(x)
+    attn = L.MultiHeadAttention(2, 4, kernel_initializer=_init(66))(x, x, use_causal_mask=True)
+    x = L.LayerNormalization()(L.Add()([x, attn]))
+    ff = L.Dense(16, activation="relu", kernel_initializer=_init(67))(x)
+    ff = L.Dense(8, kernel_initializer=_init(68))(ff)
+    x = L.LayerNormalization()(L.Add()([x, ff]))
+    x = L.Flatten()(L.Cropping1D((4, 0))(x))  # the last position
+    return keras.Model(inputs, L.Dense(3, kernel_initializer=_init(69))(x))
+
+
 def _stacked() -> Any:
     """Two recurrent layers on top of each other: the second reads every step of the first."""
     inputs = keras.Input((6, 3))
@@ -260,6 +287,17 @@ CASES: dict[str, Callable[[], Any]] = {
     "average": lambda: _merge(L.Average()),
     "maximum": lambda: _merge(L.Maximum()),
     "operations_hard_sigmoid": _operations,
+    # --- normalization and attention --------------------------------------------------------
+    "layer_normalization": lambda: _wrap((6,), L.LayerNormalization()),
+    "layer_normalization_sequence_no_center": lambda: _wrap(
+        (4, 5), L.LayerNormalization(epsilon=1e-5, center=False)
+    ),
+    "multi_head_attention": lambda: _attention(causal=False),
+    "multi_head_attention_causal": lambda: _attention(causal=True),
+    "multi_head_attention_no_bias_value_dim": lambda: _attention(
+        causal=True, use_bias=False, value_dim=2
+    ),
+    "transformer_block": _transformer_block,
 }
 
 
