@@ -60,8 +60,8 @@ def export_keras(
     model: Any,
     out_dir: Path | str,
     *,
-    loss: str = "sparse_categorical_crossentropy",
-    optimizer: Any = "sgd",
+    loss: str | None = None,
+    optimizer: Any = None,
     learning_rate: float | None = None,
     batch_size: int = 32,
     epochs: int = 1,
@@ -76,9 +76,14 @@ def export_keras(
 
     ``loss``: sparse_categorical_crossentropy (labels int32 ``[batch]``),
     binary_crossentropy or mean_squared_error (labels float32 ``[batch, units]``).
-    ``optimizer``: sgd, momentum, adam, or a :class:`model_export.optimizers.OptimizerSpec`.
-    ``learning_rate`` is the manifest's default (the device passes ``lr`` to
-    every ``train`` call). ``fedprox`` adds the ``mu`` input to ``train``.
+    ``optimizer``: sgd, momentum, nesterov, adam, adamw, rmsprop, or a
+    :class:`model_export.optimizers.OptimizerSpec`. ``learning_rate`` is the
+    manifest's default (the device passes ``lr`` to every ``train`` call).
+    Left as None, each comes from the model's ``compile()`` if it was compiled,
+    else the defaults (binary cross-entropy for one sigmoid unit, sparse
+    categorical cross-entropy otherwise; SGD). ``name`` defaults to the
+    model's own name (a Keras default such as ``sequential`` is refused).
+    ``fedprox`` adds the ``mu`` input to ``train``.
     ``verify_pythons`` are other interpreters (e.g. tflite-runtime 2.14 with
     NumPy 1.x) to verify under. ``target="tflite-runtime-2.14"`` refuses graphs
     known to crash that runtime.
@@ -102,7 +107,8 @@ def export_reference(
     classes: int,
     **options: Any,
 ) -> ExportReport:
-    """Export a reference model (mlp, cnn, cnn1d, transfer); see :mod:`model_export.reference`.
+    """Export a reference model (mlp, cnn, cnn1d, transfer, charlstm, chargru,
+    chartransformer); see :mod:`model_export.reference`.
 
     Model options: ``hidden`` (layer sizes), ``filters`` (conv widths),
     ``dropout``, ``seed``; every other option goes to :func:`export_keras`.

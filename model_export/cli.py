@@ -1,6 +1,7 @@
-"""``fedge export``: export a reference model or a user's Keras factory.
+"""``fedge export``: export a reference model, a saved Keras model or a user's factory.
 
-TensorFlow is imported only when the command runs, never when the parser is built.
+TensorFlow is imported only when the command runs, never when the parser is built;
+its start-up noise on stderr is silenced unless ``--verbose`` (model_export.quiet).
 """
 
 # ruff: noqa: PLC0415  (TensorFlow/Keras are imported lazily, on purpose)
@@ -8,18 +9,17 @@ TensorFlow is imported only when the command runs, never when the parser is buil
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 from pathlib import Path
 from typing import Any
 
-from model_export.errors import InvalidOptionError, UnsupportedModelError
+from model_export.errors import InvalidOptionError
+from model_export.loading import default_name, load
 from model_export.optimizers import OPTIMIZERS
 from model_export.options import LOSS_ALIASES, LOSSES
-from model_export.reference import REFERENCE_MODELS
+from model_export.quiet import quiet_stderr
+from model_export.reference import CHAR_MODELS, REFERENCE_DEFAULTS, REFERENCE_MODELS
 from model_export.targets import TARGETS
-
-REFERENCE_DEFAULTS = {"mlp": (64,), "cnn": (28, 28, 1), "cnn1d": (128, 3), "transfer": (8, 8, 1)}
 
 
 def _ints(text: str, flag: str) -> tuple[int, ...]:
@@ -36,42 +36,24 @@ def _ints(text: str, flag: str) -> tuple[int, ...]:
     return values
 
 
-def load_factory(spec: str) -> Any:
-    """``path/to/file.py:function`` → the Keras model the function returns."""
-    path_text, _, attr = spec.rpartition(":")
-    if not path_text or not attr:
+def _classes(args: argparse.Namespace) -> int:
+    """--classes, or for the character models the vocabulary (--vocabulary)."""
+    if args.name in CHAR_MODELS:
+        if (args.classes is not None and args.vocabulary is not None
+                and args.classes != args.vocabulary):
+            raise InvalidOptionError(
+                f"--classes {args.classes} and --vocabulary {args.vocabulary} disagree: "
+                f"{args.name} predicts the next character, so give one of them"
+            )
+        return int(args.vocabulary or args.classes or 80)
+    if args.vocabulary is not None:
         raise InvalidOptionError(
-            f"{spec!r} is neither a reference model ({', '.join(REFERENCE_MODELS)}) nor "
-            "path/to/file.py:factory"
+            f"--vocabulary applies to {', '.join(CHAR_MODELS)} only; use --classes"
         )
-    path = Path(path_text)
-    if not path.is_file() or path.suffix != ".py":
-        raise InvalidOptionError(f"{spec!r}: {path} is not a Python file")
-    module_spec = importlib.util.spec_from_file_location(f"fedge_user_model_{path.stem}", path)
-    if module_spec is None or module_spec.loader is None:
-        raise InvalidOptionError(f"{spec!r}: cannot load {path}")
-    module = importlib.util.module_from_spec(module_spec)
-    try:
-        module_spec.loader.exec_module(module)
-    except Exception as exc:  # the user's file: report its error, not a traceback
-        raise InvalidOptionError(
-            f"{spec!r}: importing {path} failed: {type(exc).__name__}: {exc}"
-        ) from exc
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise InvalidOptionError(f"{spec!r}: {path} has no function {attr!r}")
-    try:
-        model = factory()
-    except Exception as exc:
-        raise InvalidOptionError(f"{spec!r}: {attr}() raised {type(exc).__name__}: {exc}") from exc
-    if not hasattr(model, "layers") or not hasattr(model, "inputs"):
-        raise UnsupportedModelError(
-            f"{spec!r}: {attr}() returned {type(model).__name__}, expected a Keras model"
-        )
-    return model
+    return int(args.classes or 10)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _export(args: argparse.Namespace) -> Any:
     from model_export import export_keras, export_reference
 
     common: dict[str, Any] = {
@@ -97,16 +79,31 @@ def _run(args: argparse.Namespace) -> int:
             model_options["filters"] = _ints(args.filters, "--filters")
         if args.dropout is not None:
             model_options["dropout"] = args.dropout
-        report = export_reference(args.name, args.out, input_shape=shape,
-                                  classes=args.classes, **model_options, **common)
-    else:
-        for flag in ("input_shape", "hidden", "filters", "dropout"):
-            if getattr(args, flag) is not None:
-                raise InvalidOptionError(
-                    f"--{flag.replace('_', '-')} applies to reference models only; a factory "
-                    "builds its own model"
-                )
-        report = export_keras(load_factory(args.name), args.out, **common)
+        if args.model_name:
+            common["name"] = args.model_name
+        return export_reference(args.name, args.out, input_shape=shape,
+                                classes=_classes(args), **model_options, **common)
+    for flag in ("input_shape", "hidden", "filters", "dropout", "classes", "vocabulary"):
+        if getattr(args, flag) is not None:
+            raise InvalidOptionError(
+                f"--{flag.replace('_', '-')} applies to reference models only; your model "
+                "defines its own"
+            )
+    model = load(args.name)
+    # The manifest's name: --name, else the model's own unless Keras made it up
+    # ("sequential", "functional_3"), else the file's or the factory's name.
+    from model_export.exporter import KERAS_DEFAULT_NAME
+
+    name = args.model_name
+    if name is None and KERAS_DEFAULT_NAME.fullmatch(str(model.name)):
+        name = default_name(args.name)
+    return export_keras(model, args.out, name=name, **common)
+
+
+def _run(args: argparse.Namespace) -> int:
+    verbose = bool(args.verbose or args.export_verbose)
+    with quiet_stderr(enabled=not verbose):
+        report = _export(args)
     print(report.summary(), file=sys.stdout)
     return 0
 
@@ -122,21 +119,33 @@ def register(subparsers: Any) -> None:
         ),
     )
     parser.add_argument("name", metavar="NAME",
-                        help=f"{'|'.join(REFERENCE_MODELS)} or path/to/file.py:factory")
+                        help=f"{'|'.join(REFERENCE_MODELS)}, path/to/model.keras, a SavedModel "
+                             "directory or path/to/file.py:factory")
     parser.add_argument("--out", required=True, type=Path, help="output directory")
     parser.add_argument("--input-shape", help="e.g. 64 or 28,28,1 (reference models)")
-    parser.add_argument("--classes", type=int, default=10, help="number of classes (default 10)")
+    parser.add_argument("--classes", type=int,
+                        help="number of classes (reference models; default 10)")
+    parser.add_argument("--vocabulary", type=int,
+                        help="character vocabulary size (charlstm, chargru, chartransformer; "
+                             "default 80)")
     parser.add_argument("--hidden", help="dense layer sizes, e.g. 64,64")
     parser.add_argument("--filters", help="conv filters per layer, e.g. 8,16")
     parser.add_argument("--dropout", type=float, help="dropout rate before the head")
     parser.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
-    parser.add_argument("--loss", default="sparse_categorical_crossentropy",
-                        help=f"{', '.join(LOSSES)} (or {', '.join(LOSS_ALIASES)})")
+    parser.add_argument("--loss",
+                        help=f"{', '.join(LOSSES)} (or {', '.join(LOSS_ALIASES)}); default: the "
+                             "model's compile() loss, else bce for one sigmoid unit, else scce")
     parser.add_argument("--from-logits", choices=("true", "false"),
                         help="whether the model outputs logits (default: unless it ends in "
                              "softmax/sigmoid)")
-    parser.add_argument("--optimizer", default="sgd", help=", ".join(OPTIMIZERS))
-    parser.add_argument("--learning-rate", type=float, help="default learning rate in the manifest")
+    parser.add_argument("--optimizer",
+                        help=f"{', '.join(OPTIMIZERS)}; default: the model's compile() "
+                             "optimizer, else sgd")
+    parser.add_argument("--learning-rate", type=float,
+                        help="default learning rate in the manifest (default: the compiled "
+                             "optimizer's, else per optimizer)")
+    parser.add_argument("--name", dest="model_name",
+                        help="the model's name in the manifest (default: the model's own)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--fedprox", action="store_true", help="add the FedProx μ input to train")
@@ -145,4 +154,6 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--verify-python", action="append", default=[], type=Path,
                         metavar="PATH", help="also verify with this interpreter (repeatable)")
     parser.add_argument("--no-verify", action="store_true", help="skip verification")
+    parser.add_argument("--verbose", dest="export_verbose", action="store_true",
+                        help="let TensorFlow's and the converter's messages through on stderr")
     parser.set_defaults(func=_run)

@@ -64,6 +64,23 @@ def op_codes(model: bytes) -> tuple[OpCode, ...]:
     return tuple(sorted(codes))
 
 
+def operator_counts(model: bytes) -> dict[str, int]:
+    """Operators per signature (subgraph), e.g. ``{"train": 1234, "infer": 210, …}``."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    root = schema.Model.GetRootAsModel(model, 0)
+    names = {}
+    for i in range(root.SignatureDefsLength()):
+        sig = root.SignatureDefs(i)
+        names[sig.SubgraphIndex()] = (sig.SignatureKey() or b"").decode()
+    counts = {}
+    for s in range(root.SubgraphsLength()):
+        graph = root.Subgraphs(s)
+        label = names.get(s) or (graph.Name() or b"").decode() or f"subgraph_{s}"
+        counts[label] = graph.OperatorsLength()
+    return counts
+
+
 def check_builtin_only(codes: tuple[OpCode, ...]) -> None:
     custom = [c.name for c in codes if c.name.startswith("CUSTOM")]
     if custom:

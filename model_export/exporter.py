@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -22,22 +23,23 @@ from model_export.errors import (
 )
 from model_export.options import ExportOptions
 from model_export.report import ExportReport, RuntimeCheck
+from model_export.training import TrainingSettings, resolve
 
 log = logging.getLogger(__name__)
 
 
-def _loss_for(options: ExportOptions, final_activation: str | None) -> Any:
+def _loss_for(settings: TrainingSettings, final_activation: str | None) -> Any:
     from model_export.losses import Loss
 
     # Keras (3.x) treats the input of *any* final softmax or sigmoid as logits
     # for either cross-entropy (its `_keras_logits`); fedge does the same, so
     # training matches model.fit and saturated probabilities cannot stall it.
-    cross_entropy = options.loss != "mean_squared_error"
+    cross_entropy = settings.loss != "mean_squared_error"
     fused = cross_entropy and final_activation in ("softmax", "sigmoid")
-    from_logits = options.from_logits
+    from_logits = settings.from_logits
     if from_logits is None:
         from_logits = final_activation not in ("softmax", "sigmoid")
-    return Loss(options.loss, from_logits=bool(from_logits), fused=fused)
+    return Loss(settings.loss, from_logits=bool(from_logits), fused=fused)
 
 
 def _keras_loss(loss: Any) -> Any:
@@ -50,12 +52,14 @@ def _keras_loss(loss: Any) -> Any:
     return keras.losses.MeanSquaredError()
 
 
-def _label(options: ExportOptions, output_shape: tuple[int, ...]) -> LabelSpec:
-    if options.loss == "sparse_categorical_crossentropy":
+def _label(settings: TrainingSettings, output_shape: tuple[int, ...]) -> LabelSpec:
+    if settings.loss == "sparse_categorical_crossentropy":
         if len(output_shape) != 1 or output_shape[0] < 2:
+            source = settings.sources.get("loss", "default")
             raise UnsupportedModelError(
-                f"sparse categorical cross-entropy needs an output of shape [batch, classes] "
-                f"with classes ≥ 2, got {[None, *output_shape]}"
+                f"sparse categorical cross-entropy (from {source}) needs an output of shape "
+                f"[batch, classes] with classes ≥ 2, got {[None, *output_shape]}: pass "
+                "--loss bce for binary labels or --loss mse for regression"
             )
         return LabelSpec(shape=(), dtype="int32", num_classes=output_shape[0])
     return LabelSpec(shape=output_shape, dtype="float32", num_classes=None)
@@ -89,7 +93,7 @@ def _finalize(tmp: Path, out_dir: Path) -> None:
 def export_model(model: Any, out_dir: Path | str, options: ExportOptions) -> ExportReport:
     import tensorflow as tf
 
-    from model_export.convert import check_builtin_only, convert, op_codes
+    from model_export.convert import check_builtin_only, convert, op_codes, operator_counts
     from model_export.module import TrainingModule, TrainingSpec
     from model_export.targets import check_target
     from model_export.translate import translate
@@ -106,11 +110,14 @@ def export_model(model: Any, out_dir: Path | str, options: ExportOptions) -> Exp
     if not hasattr(model, "layers") or not hasattr(model, "inputs"):
         raise UnsupportedModelError(f"expected a Keras model, got {type(model).__name__}")
     _check_out_dir(out_dir)
+    _model_name(options, model)  # refuse a nameless model before the expensive part
     translated = translate(model)
-    loss = _loss_for(options, translated.final_activation)
-    label = _label(options, translated.output_shape)
+    binary_head = translated.output_shape == (1,) and translated.final_activation == "sigmoid"
+    settings = resolve(model, options, binary_head=binary_head)
+    loss = _loss_for(settings, translated.final_activation)
+    label = _label(settings, translated.output_shape)
     spec = TrainingSpec(
-        graph=translated.graph, loss=loss, optimizer=options.optimizer, fedprox=options.fedprox,
+        graph=translated.graph, loss=loss, optimizer=settings.optimizer, fedprox=options.fedprox,
         input_shape=translated.input_shape, input_dtype=translated.input_dtype,
         label_shape=label.shape, label_dtype=label.dtype,
     )
@@ -125,11 +132,12 @@ def export_model(model: Any, out_dir: Path | str, options: ExportOptions) -> Exp
         content = convert(module, module.signatures(), scratch=tmp)
         timings["convert_s"] = time.perf_counter() - started
         codes = op_codes(content)
+        operators = operator_counts(content)
         check_builtin_only(codes)
         check_target(content, options.target)
         (tmp / MODEL_FILE).write_bytes(content)
 
-        name = options.name or model.name
+        name = _model_name(options, model)
         manifest = Manifest(
             name=name,
             tensors=tuple(
@@ -139,10 +147,10 @@ def export_model(model: Any, out_dir: Path | str, options: ExportOptions) -> Exp
             ),
             input=InputSpec(translated.input_shape, translated.input_dtype),
             label=label,
-            loss=options.loss,
-            optimizer=options.optimizer.to_manifest(),
+            loss=settings.loss,
+            optimizer=settings.optimizer.to_manifest(),
             hyperparameters={
-                "learning_rate": options.learning_rate,
+                "learning_rate": settings.learning_rate,
                 "batch_size": options.batch_size,
                 "epochs": options.epochs,
                 **({"fedprox_mu": 0.01} if options.fedprox else {}),
@@ -162,6 +170,7 @@ def export_model(model: Any, out_dir: Path | str, options: ExportOptions) -> Exp
                     "batchnorm": "frozen statistics (moving mean/variance are not updated)",
                     "dropout": "counter-hash mask, active in train only",
                     "set_weights_resets_optimizer": True,
+                    "settings_from": dict(settings.sources),
                 },
             },
         )
@@ -176,12 +185,12 @@ def export_model(model: Any, out_dir: Path | str, options: ExportOptions) -> Exp
             classes = label.num_classes or (None if loss.name == "mean_squared_error" else 2)
             x, y = sample_batch(translated.input_shape, translated.input_dtype, label.shape,
                                 label.dtype, num_classes=classes, vocabulary=vocabulary)
-            lr = _verification_lr(options)
+            lr = _verification_lr(settings)
             reference = reference_steps(
                 model, translated.sources,
                 trainable=[r.tensor_name for r in refs if r.param.trainable],
                 dropouts=translated.dropouts, keras_loss=_keras_loss(loss),
-                optimizer=options.optimizer.keras(lr),
+                optimizer=settings.optimizer.keras(lr),
                 x=x, y=y, lr=lr, mu=0.1 if options.fedprox else 0.0, fedprox=options.fedprox,
             )
             fixture = tmp / "fixture.npz"
@@ -217,17 +226,40 @@ def export_model(model: Any, out_dir: Path | str, options: ExportOptions) -> Exp
         ops=tuple(sorted({c.name for c in codes})),
         verification=tuple(checks),
         seconds=timings,
+        training=settings.describe(),
+        operators=operators,
     )
     log.info("exported %s: %d parameters, %d bytes", name, report.num_parameters,
              report.file_size)
     return report
 
 
-def _verification_lr(options: ExportOptions) -> float:
+KERAS_DEFAULT_NAME = re.compile(r"(sequential|functional|model)(_\d+)?")
+
+
+def _model_name(options: ExportOptions, model: Any) -> str:
+    """``--name``, else the model's own name — never a name Keras made up."""
+    if options.name:
+        return options.name
+    name = str(getattr(model, "name", "") or "")
+    if not name or KERAS_DEFAULT_NAME.fullmatch(name):
+        raise InvalidOptionError(
+            f"the model is called {name!r}, Keras's default name: pass --name "
+            "(name=… in Python) or give the model a name (keras.Model(…, name=…))"
+        )
+    if not all(c.isalnum() or c in "_-." for c in name):
+        raise InvalidOptionError(
+            f"the model's name {name!r} is not usable as a model name (letters, digits, '_', "
+            "'-', '.'): pass --name"
+        )
+    return name
+
+
+def _verification_lr(settings: TrainingSettings) -> float:
     """A step large enough that float32 rounding of ``w + Δw`` stays far below the tolerance."""
-    if options.optimizer.name == "adam":
-        return max(options.learning_rate, 0.01)
-    return max(options.learning_rate, 0.1)
+    if settings.optimizer.name in ("adam", "rmsprop"):
+        return max(settings.learning_rate, 0.01)
+    return max(settings.learning_rate, 0.1)
 
 
 

@@ -23,14 +23,18 @@ class Optimizer(tf.Module):  # type: ignore[misc]
         self.spec = spec
         self.slots: dict[str, Any] = {}
         self.iterations = tf.Variable(0.0, trainable=False, name="optimizer_iterations")
-        if spec.name in ("momentum", "adam"):
+        slots = []
+        if spec.name in ("momentum", "adam") or (spec.name == "rmsprop" and spec.momentum > 0):
+            slots.append("m")
+        if spec.name in ("adam", "rmsprop"):
+            slots.append("v")
+        if spec.name == "rmsprop" and spec.centered:
+            slots.append("g")
+        for slot in slots:
             for name, var in variables.items():
-                self.slots[f"m_{name}"] = tf.Variable(tf.zeros_like(var), trainable=False,
-                                                      name=f"m_{name}")
-        if spec.name == "adam":
-            for name, var in variables.items():
-                self.slots[f"v_{name}"] = tf.Variable(tf.zeros_like(var), trainable=False,
-                                                      name=f"v_{name}")
+                self.slots[f"{slot}_{name}"] = tf.Variable(
+                    tf.zeros_like(var), trainable=False, name=f"{slot}_{name}"
+                )
 
     def apply(self, variables: Mapping[str, Any], grads: Mapping[str, Tensor], lr: Tensor) -> None:
         spec = self.spec
@@ -40,6 +44,9 @@ class Optimizer(tf.Module):  # type: ignore[misc]
             alpha = lr * tf.sqrt(1.0 - tf.pow(spec.beta_2, t)) / (1.0 - tf.pow(spec.beta_1, t))
         for name, grad in grads.items():
             var = variables[name]
+            if spec.weight_decay:
+                # Keras applies decoupled weight decay before the update.
+                var.assign(var - var * (spec.weight_decay * lr))
             if spec.name == "sgd":
                 var.assign_sub(lr * grad)
             elif spec.name == "momentum":
@@ -50,6 +57,8 @@ class Optimizer(tf.Module):  # type: ignore[misc]
                     var.assign_add(velocity * spec.momentum - lr * grad)
                 else:
                     var.assign_add(velocity)
+            elif spec.name == "rmsprop":
+                self._rmsprop(name, var, grad, lr)
             else:
                 m = self.slots[f"m_{name}"]
                 v = self.slots[f"v_{name}"]
@@ -59,6 +68,27 @@ class Optimizer(tf.Module):  # type: ignore[misc]
                 v.assign(v_new)
                 var.assign_sub(alpha * m_new / (tf.sqrt(v_new) + spec.epsilon))
         self.iterations.assign_add(1.0)
+
+    def _rmsprop(self, name: str, var: Any, grad: Tensor, lr: Tensor) -> None:
+        spec = self.spec
+        v = self.slots[f"v_{name}"]
+        v_new = v * spec.rho + grad * grad * (1.0 - spec.rho)
+        v.assign(v_new)
+        if spec.centered:
+            g = self.slots[f"g_{name}"]
+            g_new = g * spec.rho + grad * (1.0 - spec.rho)
+            g.assign(g_new)
+            denominator = v_new - g_new * g_new + spec.epsilon
+        else:
+            denominator = v_new + spec.epsilon
+        increment = lr * grad / tf.sqrt(denominator)
+        if spec.momentum > 0:
+            m = self.slots[f"m_{name}"]
+            m_new = m * spec.momentum + increment
+            m.assign(m_new)
+            var.assign_sub(m_new)
+        else:
+            var.assign_sub(increment)
 
     def reset(self) -> None:
         """Forget the state: a device starting a round from new global weights starts afresh."""

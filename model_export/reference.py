@@ -10,6 +10,17 @@
   strided DepthwiseConv2D → ReLU → Flatten for images; Dense layers for
   vectors) and a trainable head (Dense+ReLU, softmax Dense). Its backbone
   weights are seeded, not pretrained: no weights are downloaded.
+- ``charlstm``: the FedAvg paper's Shakespeare model (McMahan et al. 2017, as
+  LEAF trains it): 80 character ids → 8-dimensional embedding → two LSTMs of
+  256 units → softmax over the vocabulary (the next character). ``hidden``
+  sets the LSTM sizes, ``input_shape`` the sequence length, ``classes`` the
+  vocabulary (default 80).
+- ``chargru``: the on-device variant: the same embedding, one GRU of 128.
+- ``chartransformer``: a small causal transformer over the same ids: token
+  embedding + position embedding (``hidden`` = model width and feed-forward
+  width, default 64,128), two blocks of 4-head causal self-attention and a
+  ReLU feed-forward, each with a residual and layer normalization (post-norm),
+  and a softmax over the vocabulary read at the last position.
 """
 
 # ruff: noqa: PLC0415  (TensorFlow/Keras are imported lazily, on purpose)
@@ -21,7 +32,13 @@ from typing import Any
 
 from model_export.errors import InvalidOptionError
 
-REFERENCE_MODELS = ("mlp", "cnn", "cnn1d", "transfer")
+REFERENCE_MODELS = ("mlp", "cnn", "cnn1d", "transfer", "charlstm", "chargru", "chartransformer")
+CHAR_MODELS = ("charlstm", "chargru", "chartransformer")
+REFERENCE_DEFAULTS: dict[str, tuple[int, ...]] = {
+    "mlp": (64,), "cnn": (28, 28, 1), "cnn1d": (128, 3), "transfer": (8, 8, 1),
+    "charlstm": (80,), "chargru": (80,), "chartransformer": (80,),
+}
+CHAR_EMBEDDING = 8  # the FedAvg paper's character embedding
 
 
 def _sizes(value: Any, key: str, default: tuple[int, ...]) -> tuple[int, ...]:
@@ -123,6 +140,9 @@ def build_reference(
                   layers.Dropout(0.25 if dropout is None else dropout, name="dropout")]
         return keras.Sequential([*stack, head], name="cnn1d")
 
+    if name in CHAR_MODELS:
+        return _char_model(name, shape, classes, hidden, dropout, seed=seed)
+
     # transfer: a frozen backbone (a nested model) and a trainable head.
     sizes = _sizes(hidden, "hidden", (32,))
     if len(shape) == 3:
@@ -169,3 +189,65 @@ def _seed_batchnorm(model: Any, seed: int) -> None:
             layer.moving_variance.assign(rng.uniform(0.5, 1.5, n).astype("float32"))
             layer.gamma.assign(rng.uniform(0.8, 1.2, n).astype("float32"))
             layer.beta.assign(rng.normal(0.0, 0.1, n).astype("float32"))
+
+
+def _char_model(
+    name: str, shape: tuple[int, ...], vocabulary: int, hidden: Any, dropout: float | None,
+    *, seed: int,
+) -> Any:
+    """charlstm, chargru, chartransformer: next-character models over int32 ids."""
+    import keras
+    from keras import layers
+
+    from model_export.keras_layers import AddPositionEmbedding
+
+    if len(shape) != 1:
+        raise InvalidOptionError(f"{name}: input_shape is the sequence length, got {shape}")
+    steps = shape[0]
+    init = _init(seed)
+
+    def orthogonal(k: int) -> Any:
+        return keras.initializers.Orthogonal(seed=seed * 1000 + k)
+
+    inputs = keras.Input((steps,), dtype="int32", name="ids")
+    embed = layers.Embedding(vocabulary, CHAR_EMBEDDING,
+                             embeddings_initializer=keras.initializers.RandomUniform(
+                                 -0.05, 0.05, seed=seed * 1000 + 1),
+                             name="embedding")
+    if name in ("charlstm", "chargru"):
+        x = embed(inputs)
+        cell = layers.LSTM if name == "charlstm" else layers.GRU
+        sizes = _sizes(hidden, "hidden", (256, 256) if name == "charlstm" else (128,))
+        for i, units in enumerate(sizes):
+            x = cell(units, return_sequences=i < len(sizes) - 1, kernel_initializer=init(10 + i),
+                     recurrent_initializer=orthogonal(20 + i),
+                     name=f"{cell.__name__.lower()}_{i}")(x)
+    else:
+        sizes = _sizes(hidden, "hidden", (64, 128))
+        if len(sizes) != 2:
+            raise InvalidOptionError("chartransformer: hidden is model width,feed-forward width")
+        width, ff = sizes
+        heads = 4 if width % 4 == 0 else 1
+        table = keras.initializers.RandomNormal(stddev=0.1, seed=seed * 1000 + 1)
+        x = layers.Embedding(vocabulary, width, embeddings_initializer=table,
+                             name="embedding")(inputs)
+        x = AddPositionEmbedding(steps, initializer=keras.initializers.RandomNormal(
+            stddev=0.1, seed=seed * 1000 + 2), name="position")(x)
+        for i in range(2):
+            attn = layers.MultiHeadAttention(heads, width // heads, kernel_initializer=init(30 + i),
+                                             name=f"attention_{i}")(x, x, use_causal_mask=True)
+            x = layers.LayerNormalization(epsilon=1e-5, name=f"norm_{i}a")(
+                layers.Add(name=f"residual_{i}a")([x, attn]))
+            y = layers.Dense(ff, activation="relu", kernel_initializer=init(40 + i),
+                             name=f"ff_{i}a")(x)
+            y = layers.Dense(width, kernel_initializer=init(50 + i), name=f"ff_{i}b")(y)
+            x = layers.LayerNormalization(epsilon=1e-5, name=f"norm_{i}b")(
+                layers.Add(name=f"residual_{i}b")([x, y]))
+        # The next character is read at the last position (the causal mask lets it
+        # see the whole sequence).
+        x = layers.Flatten(name="last")(layers.Cropping1D((steps - 1, 0), name="crop")(x))
+    if dropout:
+        x = layers.Dropout(dropout, name="dropout")(x)
+    out = layers.Dense(vocabulary, activation="softmax", kernel_initializer=init(99),
+                       name="head")(x)
+    return keras.Model(inputs, out, name=name)

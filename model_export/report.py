@@ -60,6 +60,8 @@ class ExportReport:
     ops: tuple[str, ...]
     verification: tuple[RuntimeCheck, ...]
     seconds: Mapping[str, float] = field(default_factory=dict)
+    training: str = ""  # the loss/optimizer/learning rate used and where each came from
+    operators: Mapping[str, int] = field(default_factory=dict)  # per signature (subgraph)
 
     @property
     def model_path(self) -> Path:
@@ -70,11 +72,16 @@ class ExportReport:
         return self.path / "manifest.json"
 
     def summary(self) -> str:
+        frozen = self.num_parameters - self.num_trainable_parameters
+        graph = ", ".join(f"{k} {v:,}" for k, v in self.operators.items())
         lines = [
             f"exported {self.manifest.name!r} to {self.path}",
-            f"  parameters: {self.num_parameters:,} ({self.num_trainable_parameters:,} trainable)",
-            f"  model.tflite: {self.file_size:,} bytes",
-            f"  loss: {self.manifest.loss}, optimizer: {self.manifest.optimizer.get('name')}",
+            f"  parameters: {self.num_parameters:,} ({self.num_trainable_parameters:,} trainable"
+            + (f", {frozen:,} frozen: forward pass only)" if frozen else ")"),
+            f"  model.tflite: {self.file_size:,} bytes"
+            + (f"; operators per signature: {graph}" if graph else ""),
+            "  " + (self.training or f"loss: {self.manifest.loss}, optimizer: "
+                    f"{self.manifest.optimizer.get('name')}"),
             f"  builtin ops ({len(self.ops)}): {', '.join(self.ops)}",
             "  verification:",
         ]
