@@ -18,9 +18,22 @@ import keras
 def good():
     return keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
 
-def lstm():
-    return keras.Sequential([keras.Input((5, 3)), keras.layers.LSTM(4, name="my_lstm"),
-                             keras.layers.Dense(2)])
+def deconv():
+    return keras.Sequential([keras.Input((5, 3)),
+                             keras.layers.Conv1DTranspose(4, 3, name="my_deconv"),
+                             keras.layers.Flatten(), keras.layers.Dense(2)], name="deconv")
+
+def frozen_base():
+    base = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3),
+                             keras.layers.Conv2DTranspose(2, 3, name="upconv")], name="base")
+    base.trainable = False
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Flatten()(base(inputs))
+    return keras.Model(inputs, keras.layers.Dense(2)(x), name="with_base")
+
+def lstm_dropout():
+    return keras.Sequential([keras.Input((5, 3)), keras.layers.LSTM(4, dropout=0.1, name="rnn"),
+                             keras.layers.Dense(2)], name="lstm_dropout")
 
 def float64_input():
     inputs = keras.Input((4,), dtype="float64")
@@ -67,7 +80,11 @@ def _export(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
         (["cnn", "--input-shape", "64"], "cnn: input_shape must be height,width,channels"),
         (["cnn1d", "--input-shape", "8,8,1"], "cnn1d: input_shape must be steps,channels"),
         (["mlp", "--classes", "1"], "classes: expected an integer ≥ 2"),
-        (["mlp", "--optimizer", "rmsprop"], "optimizer: unknown 'rmsprop'"),
+        (["mlp", "--optimizer", "adagrad"], "optimizer: unknown 'adagrad'"),
+        (["mlp", "--vocabulary", "50"], "--vocabulary applies to charlstm"),
+        (["chargru", "--classes", "40", "--vocabulary", "50"], "disagree"),
+        (["charlstm", "--input-shape", "8,8"], "input_shape is the sequence length"),
+        (["missing.keras"], "missing.keras: no such file"),
         (["mlp", "--loss", "hinge"], "loss: unknown 'hinge'"),
         (["mlp", "--learning-rate", "0"], "learning_rate"),
         (["mlp", "--batch-size", "0"], "batch_size"),
@@ -88,7 +105,12 @@ def test_bad_arguments_exit_2(
 @pytest.mark.parametrize(
     ("factory", "message"),
     [
-        ("lstm", "layer 'my_lstm' (LSTM): this layer type has no builtin-only implementation"),
+        ("deconv", "layer 'my_deconv' (Conv1DTranspose): this layer type has no builtin-only "
+                   "implementation; replace it with a supported layer"),
+        ("frozen_base", "layer 'upconv' (Conv2DTranspose) inside the frozen sub-model 'base' "
+                        "(only its forward pass is needed): this layer type has no builtin-only"),
+        ("lstm_dropout", "layer 'rnn' (LSTM): dropout is not supported inside the recurrence; "
+                         "set dropout=0"),
         ("dilated", "layer 'wide' (Conv2D): dilation_rate must be 1"),
         ("float64_input", "input dtype float64 is not supported"),
         ("int_input", "input dtype int32 is not supported"),
@@ -114,8 +136,10 @@ def test_bad_factories_exit_2(
 def test_unsupported_layer_lists_what_is_supported(
     factories: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    _, err = _export([f"{factories}:lstm", "--out", str(tmp_path / "o")], capsys)
+    _, err = _export([f"{factories}:deconv", "--out", str(tmp_path / "o")], capsys)
     assert "supported layers: Dense, Conv1D, Conv2D" in err
+    assert "LSTM" in err and "MultiHeadAttention" in err
+    assert len(err.strip().splitlines()) == 1  # one line
 
 
 def test_reference_flags_do_not_apply_to_factories(
@@ -126,6 +150,11 @@ def test_reference_flags_do_not_apply_to_factories(
     )
     assert code == 2
     assert "--hidden applies to reference models only" in err
+    code, err = _export(
+        [f"{factories}:good", "--classes", "3", "--out", str(tmp_path / "o")], capsys
+    )
+    assert code == 2
+    assert "--classes applies to reference models only" in err
 
 
 def test_out_must_not_be_someone_elses_directory(
@@ -145,7 +174,9 @@ def test_help_lists_the_reference_models(capsys: pytest.CaptureFixture[str]) -> 
     with pytest.raises(SystemExit):
         main(["export", "--help"])
     out = capsys.readouterr().out
-    assert "mlp|cnn|cnn1d|transfer" in out and "--verify-python" in out
+    text = "".join(out.split())  # argparse wraps the long NAME help mid-word
+    assert "mlp|cnn|cnn1d|transfer|charlstm|chargru|chartransformer" in text
+    assert "--verify-python" in text and "--verbose" in text and "model.keras" in text
 
 
 def test_factory_export_prints_a_summary(

@@ -17,6 +17,12 @@ SPECS = {
     "nesterov": OptimizerSpec("momentum", momentum=0.9, nesterov=True),
     "adam": OptimizerSpec("adam"),
     "adam_custom": OptimizerSpec("adam", beta_1=0.8, beta_2=0.99, epsilon=1e-5),
+    "adamw": OptimizerSpec.named("adamw"),
+    "sgd_weight_decay": OptimizerSpec("sgd", weight_decay=0.1),
+    "momentum_weight_decay": OptimizerSpec("momentum", momentum=0.9, weight_decay=0.05),
+    "rmsprop": OptimizerSpec.named("rmsprop"),
+    "rmsprop_momentum_centered": OptimizerSpec("rmsprop", rho=0.8, momentum=0.5, centered=True),
+    "rmsprop_weight_decay": OptimizerSpec("rmsprop", momentum=0.0, weight_decay=0.01),
 }
 
 
@@ -55,7 +61,7 @@ def test_reset_forgets_the_state() -> None:
     ("options", "message"),
     [
         ({"loss": "hinge"}, "loss: unknown 'hinge'"),
-        ({"optimizer": "rmsprop"}, "optimizer: unknown 'rmsprop'"),
+        ({"optimizer": "adagrad"}, "optimizer: unknown 'adagrad'"),
         ({"learning_rate": -1.0}, "learning_rate"),
         ({"learning_rate": True}, "learning_rate"),
         ({"batch_size": 0}, "batch_size"),
@@ -72,5 +78,15 @@ def test_bad_options_are_named(options: dict[str, object], message: str) -> None
 
 
 def test_options_defaults_follow_the_optimizer() -> None:
-    assert ExportOptions.parse(optimizer="adam").learning_rate == 0.001
+    from model_export.training import resolve
+
+    class Uncompiled:
+        compiled = False
+
+    settings = resolve(Uncompiled(), ExportOptions.parse(optimizer="adam"), binary_head=False)
+    assert settings.learning_rate == 0.001
+    assert settings.sources == {"loss": "default", "optimizer": "flag",
+                                "learning_rate": "default"}
     assert ExportOptions.parse(loss="bce").loss == "binary_crossentropy"
+    assert ExportOptions.parse().loss is None and ExportOptions.parse().optimizer is None
+    assert OptimizerSpec.named("nesterov") == OptimizerSpec("momentum", nesterov=True)
