@@ -89,7 +89,7 @@ def test_flags_override_compile() -> None:
         ("mse", "mean_squared_error", None),
         (lambda: keras.losses.SparseCategoricalCrossentropy(from_logits=True),
          "sparse_categorical_crossentropy", True),
-        (lambda: keras.losses.BinaryCrossentropy(), "binary_crossentropy", False),
+        (keras.losses.BinaryCrossentropy, "binary_crossentropy", False),
         (lambda: keras.losses.sparse_categorical_crossentropy,
          "sparse_categorical_crossentropy", None),
     ],
