@@ -16,6 +16,14 @@ def _batch(t: Tensor) -> Tensor:
     return tf.cast(tf.shape(t)[0], tf.float32)
 
 
+def _elements(t: Tensor) -> Tensor:
+    """Batch × the static size of one example: Keras's mean over every axis."""
+    size = 1
+    for d in t.shape[1:]:
+        size *= int(d)
+    return _batch(t) * float(size)
+
+
 @dataclass(frozen=True)
 class Loss:
     """A loss applied to the training head's output.
@@ -44,7 +52,7 @@ class Loss:
         if self.name == "binary_crossentropy":
             return self._bce(out, y)
         diff = out - y
-        count = _batch(out) * float(out.shape[-1])
+        count = _elements(out)
         return tf.reduce_sum(diff * diff) / count, diff * (2.0 / count)
 
     def _sparse_ce(self, out: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -63,7 +71,7 @@ class Loss:
         return loss, dlogits / clipped * inside
 
     def _bce(self, out: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        count = _batch(out) * float(out.shape[-1])
+        count = _elements(out)
         if self.on_logits:
             # max(z, 0) − z·y + log(1 + e^−|z|), TensorFlow's stable form.
             terms = tf.nn.relu(out) - out * y + tf.math.log(1.0 + tf.exp(-tf.abs(out)))

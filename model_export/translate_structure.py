@@ -1,7 +1,7 @@
 """Keras structure layers and operations → :mod:`model_export.layers.reshaping`/``merge``.
 
 ZeroPadding1D/2D, Cropping1D/2D, UpSampling1D/2D, Concatenate, Multiply,
-Subtract, Average, Maximum, GlobalMaxPooling1D/2D, Rescaling,
+Subtract, Average, Maximum, GlobalMaxPooling1D/2D, Rescaling, RepeatVector,
 TimeDistributed(Dense), and the arithmetic a functional model records as
 operations (``x + 3.0``, ``x * y`` — MobileNetV3's hard sigmoid).
 """
@@ -16,7 +16,7 @@ from model_export.builder import Builder, pair, to_numpy
 from model_export.layers.dense import Dense
 from model_export.layers.merge import Affine, Merge
 from model_export.layers.reshaping import Crop, Pad, UpSample
-from model_export.layers.structure import GlobalMaxPool
+from model_export.layers.structure import GlobalMaxPool, RepeatVector
 from model_export.translate_common import Call, Handler
 
 
@@ -110,6 +110,11 @@ def _time_distributed(b: Builder, layer: Any, call: Call) -> int:
     return b.activation(inner, inner.activation, out)
 
 
+def _repeat(b: Builder, layer: Any, call: Call) -> int:
+    x = _single(b, layer, call)
+    return b.add(RepeatVector(b.unique(layer.name), int(layer.n)), (x,))
+
+
 def _constant(value: Any) -> np.ndarray | None:
     """A Python number or array argument of an operation (None for a tensor)."""
     if isinstance(value, bool):
@@ -164,5 +169,5 @@ HANDLERS: dict[str, Handler] = {
     "UpSampling1D": _upsample, "UpSampling2D": _upsample,
     "Concatenate": _merge, "Multiply": _merge, "Subtract": _merge, "Average": _merge,
     "Maximum": _merge, "GlobalMaxPooling1D": _global_max, "GlobalMaxPooling2D": _global_max,
-    "Rescaling": _rescaling, "TimeDistributed": _time_distributed,
+    "Rescaling": _rescaling, "TimeDistributed": _time_distributed, "RepeatVector": _repeat,
 }

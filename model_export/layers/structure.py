@@ -198,3 +198,24 @@ class GlobalMaxPool:
         count = tf.reduce_sum(hit, axis=axes, keepdims=True)
         dy = tf.reshape(dy, [-1, *([1] * (len(shape) - 1)), shape[-1]])
         return Grads((hit * (dy / count),), ())
+
+
+@dataclass(frozen=True)
+class RepeatVector:
+    """``[B, F]`` → ``[B, n, F]`` (``PACK``); the gradient sums the n copies."""
+
+    name: str
+    n: int
+
+    def params(self) -> tuple[Param, ...]:
+        return ()
+
+    def forward(
+        self, params: Sequence[Tensor], inputs: Sequence[Tensor], ctx: Context
+    ) -> tuple[Tensor, Cache]:
+        return tf.stack([inputs[0]] * self.n, axis=1), ()
+
+    def backward(
+        self, params: Sequence[Tensor], cache: Cache, dy: Tensor, need_dx: bool
+    ) -> Grads:
+        return Grads((tf.reduce_sum(dy, axis=1) if need_dx else None,), ())

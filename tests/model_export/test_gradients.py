@@ -141,6 +141,15 @@ def _transformer_block() -> Any:
     return keras.Model(inputs, L.Dense(3, kernel_initializer=_init(69))(x))
 
 
+def _lstm_autoencoder() -> Any:
+    """An LSTM anomaly model: encode, repeat, decode every step (a rank-3 MSE target)."""
+    inputs = keras.Input((5, 2))
+    x = L.LSTM(4, kernel_initializer=_init(70))(inputs)
+    x = L.RepeatVector(5)(x)
+    x = L.LSTM(4, return_sequences=True, kernel_initializer=_init(71))(x)
+    return keras.Model(inputs, L.TimeDistributed(L.Dense(2, kernel_initializer=_init(72)))(x))
+
+
 def _stacked() -> Any:
     """Two recurrent layers on top of each other: the second reads every step of the first."""
     inputs = keras.Input((6, 3))
@@ -276,6 +285,8 @@ CASES: dict[str, Callable[[], Any]] = {
         (4, 3), L.TimeDistributed(L.Dense(5, activation="tanh", kernel_initializer=_init(50)))
     ),
     "rescaling": lambda: _wrap((6,), L.Rescaling(1.0 / 127.5, offset=-1.0)),
+    "repeat_vector": lambda: _wrap((4,), L.RepeatVector(3)),
+    "lstm_autoencoder_sequence_output": _lstm_autoencoder,
     "activation_silu": lambda: _wrap((6,), L.Activation("silu")),
     "activation_hard_sigmoid": lambda: _wrap((6,), L.Activation("hard_sigmoid")),
     "activation_hard_silu": lambda: _wrap((6,), L.Activation("hard_silu")),
