@@ -81,7 +81,9 @@ def _structure() -> Any:
 
 
 @pytest.fixture(scope="module")
-def exports(tmp_path_factory: pytest.TempPathFactory, tflite_python: Path) -> dict[str, ExportReport]:
+def exports(
+    tmp_path_factory: pytest.TempPathFactory, tflite_python: Path
+) -> dict[str, ExportReport]:
     out = tmp_path_factory.mktemp("more")
     return {
         "keyword_spotter": export_keras(_keyword_spotter(), out / "kws", optimizer="momentum",
@@ -149,7 +151,9 @@ CHAR_ARGS = {
 
 
 @pytest.fixture(scope="module")
-def char_exports(tmp_path_factory: pytest.TempPathFactory, tflite_python: Path) -> dict[str, Path]:
+def char_exports(
+    tmp_path_factory: pytest.TempPathFactory, tflite_python: Path
+) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("char")
     paths = {}
     for name, extra in CHAR_ARGS.items():
