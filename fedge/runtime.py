@@ -6,6 +6,13 @@ under whichever runtime is installed — ai-edge-litert, else tflite-runtime,
 else TensorFlow's own interpreter — so the exporter's verification, the
 service's evaluation and the device agent all drive a model the same way.
 
+Two ways to drive ai-edge-litert are offered (``api``): its ``Interpreter``
+(the default, and the only one the other runtimes have) and LiteRT's newer
+``CompiledModel`` (``ai_edge_litert.compiled_model``), which trains fedge
+models as well; a changed batch size resizes its inputs with
+``resize_input_tensor_by_name``. docs/model_export.md has the measured
+comparison.
+
 Nothing here imports TensorFlow unless it is the only runtime present.
 """
 
@@ -18,7 +25,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -33,6 +40,10 @@ RUNTIMES: tuple[tuple[str, str, str], ...] = (
     ("tensorflow", "tensorflow.lite", "tensorflow"),
 )
 RUNTIME_ENV = "FEDGE_TFLITE_RUNTIME"
+# "interpreter": the Interpreter's signature runners (every runtime);
+# "compiled": ai-edge-litert's CompiledModel.
+APIS = ("interpreter", "compiled")
+API_ENV = "FEDGE_TFLITE_API"
 
 
 class RuntimeUnavailable(FedgeError):
@@ -95,11 +106,71 @@ def _interpreter_class(preferred: str | None) -> tuple[Any, RuntimeInfo]:
     )
 
 
+class _Signatures(Protocol):
+    """Runs one named signature on named NumPy inputs."""
+
+    def run(self, signature: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+class _InterpreterSignatures:
+    def __init__(self, interpreter: Any, signatures: tuple[str, ...]) -> None:
+        self._interpreter = interpreter  # the runners need it alive
+        self._runners = {name: interpreter.get_signature_runner(name) for name in signatures}
+
+    def run(self, signature: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outputs: dict[str, np.ndarray] = self._runners[signature](**inputs)
+        return outputs
+
+
+class _CompiledSignatures:
+    """LiteRT's CompiledModel: TensorBuffers per signature, recreated (after
+    ``resize_input_tensor_by_name``) whenever an input's shape changes."""
+
+    def __init__(self, content: bytes, num_threads: int | None) -> None:
+        from ai_edge_litert import compiled_model, options  # noqa: PLC0415
+
+        opts = options.Options(cpu_options=options.CpuOptions(num_threads=num_threads or 0))
+        self._model = compiled_model.CompiledModel.from_buffer(content, options=opts)
+        self._names = self._model.get_signature_list()
+        self._shapes: dict[str, dict[str, tuple[int, ...]]] = {}
+        self._buffers: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+
+    def _prepare(self, signature: str, shapes: dict[str, tuple[int, ...]]) -> None:
+        details = self._model.get_input_tensor_details(signature)
+        for name, shape in shapes.items():
+            if tuple(details[name]["shape"]) != shape:
+                self._model.resize_input_tensor_by_name(signature, name, list(shape))
+        names = self._names[signature]
+        self._buffers[signature] = (
+            {n: self._model.create_input_buffer_by_name(signature, n) for n in names["inputs"]},
+            {n: self._model.create_output_buffer_by_name(signature, n) for n in names["outputs"]},
+        )
+        self._shapes[signature] = shapes
+
+    def run(self, signature: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        shapes = {name: tuple(int(d) for d in a.shape) for name, a in inputs.items()}
+        if self._shapes.get(signature) != shapes:
+            self._prepare(signature, shapes)
+        ins, outs = self._buffers[signature]
+        for name, array in inputs.items():
+            ins[name].write(np.ascontiguousarray(array).reshape(-1))
+        self._model.run_by_name(signature, ins, outs)
+        details = self._model.get_output_tensor_details(signature)
+        result = {}
+        for name, buffer in outs.items():
+            shape = tuple(int(d) for d in details[name]["shape"])
+            dtype = np.dtype(details[name]["dtype"])
+            result[name] = buffer.read(max(int(np.prod(shape)), 1), dtype).reshape(shape)
+        return result
+
+
 class TrainableModel:
-    """A fedge model loaded in a TFLite interpreter.
+    """A fedge model loaded in a TFLite runtime.
 
     Weights are exchanged as ``{tensor name: array}`` in the manifest's order.
-    Not thread-safe: one interpreter, one caller at a time.
+    ``api`` chooses how ai-edge-litert runs it: ``"interpreter"`` (default) or
+    ``"compiled"`` (LiteRT's CompiledModel); ``FEDGE_TFLITE_API`` sets the
+    default. Not thread-safe: one interpreter, one caller at a time.
     """
 
     def __init__(
@@ -109,21 +180,33 @@ class TrainableModel:
         *,
         runtime: str | None = None,
         num_threads: int | None = 1,
+        api: str | None = None,
     ) -> None:
         self.manifest = manifest
         content = model if isinstance(model, bytes) else Path(model).read_bytes()
         manifest.check_model_bytes(content)
+        self.api = api or os.environ.get(API_ENV) or "interpreter"
+        if self.api not in APIS:
+            raise RuntimeUnavailable(f"unknown runtime API {self.api!r}; expected one of: "
+                                     f"{', '.join(APIS)}")
         interpreter_cls, self.runtime = _interpreter_class(runtime)
+        if self.api == "compiled" and self.runtime.name != "ai-edge-litert":
+            raise RuntimeUnavailable(
+                f"the CompiledModel API is ai-edge-litert's; {self.runtime} has only the "
+                "Interpreter (use api='interpreter')"
+            )
         try:
-            with warnings.catch_warnings():
-                # TF's own interpreter warns that it is deprecated; fedge uses
-                # it only as the last fallback, and says which runtime it uses.
-                warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
-                self._interpreter = interpreter_cls(model_content=content, num_threads=num_threads)
-            self._runners = {
-                name: self._interpreter.get_signature_runner(name)
-                for name in manifest.signatures
-            }
+            if self.api == "compiled":
+                self._signatures: _Signatures = _CompiledSignatures(content, num_threads)
+            else:
+                with warnings.catch_warnings():
+                    # TF's own interpreter warns that it is deprecated; fedge uses
+                    # it only as the last fallback, and says which runtime it uses.
+                    warnings.filterwarnings("ignore",
+                                            message=".*tf.lite.Interpreter is deprecated")
+                    interpreter = interpreter_cls(model_content=content,
+                                                  num_threads=num_threads)
+                self._signatures = _InterpreterSignatures(interpreter, manifest.signatures)
         except (ValueError, RuntimeError) as exc:
             raise ModelRuntimeError(
                 f"{self.runtime} cannot load model {manifest.name!r}: {exc}"
@@ -131,10 +214,9 @@ class TrainableModel:
 
     def _call(self, signature: str, **inputs: np.ndarray) -> dict[str, np.ndarray]:
         try:
-            outputs: dict[str, np.ndarray] = self._runners[signature](**inputs)
+            return self._signatures.run(signature, inputs)
         except (ValueError, RuntimeError) as exc:
             raise ModelRuntimeError(f"{signature} failed under {self.runtime}: {exc}") from exc
-        return outputs
 
     def _x(self, x: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(x, dtype=self.manifest.input.dtype)

@@ -24,7 +24,15 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from model_export.layers.base import Cache, Context, Grads, Param, Tensor, static_shape
+from model_export.layers.base import (
+    Cache,
+    Context,
+    Grads,
+    Param,
+    Tensor,
+    matmul_t,
+    static_shape,
+)
 
 MASKED = -1e9  # Keras's _large_negative_number for float32
 
@@ -124,8 +132,7 @@ class SelfAttention:
             )
             if "output_bias" in w:
                 grads["output_bias"] = tf.reduce_sum(dy2, axis=0)
-        dctx2 = tf.matmul(dy2, tf.reshape(w["output_kernel"], [heads * vdim, out_dim]),
-                          transpose_b=True)
+        dctx2 = matmul_t(dy2, tf.reshape(w["output_kernel"], [heads * vdim, out_dim]))
         dcontext = tf.transpose(tf.reshape(dctx2, [-1, steps, heads, vdim]), [0, 2, 1, 3])
         dattn = tf.matmul(dcontext, v, transpose_b=True)  # [B, H, T, S]
         dv = tf.matmul(attn, dcontext, transpose_a=True)  # [B, H, S, V]
@@ -144,7 +151,7 @@ class SelfAttention:
                 if f"{part}_bias" in w and part != "key":
                     grads[f"{part}_bias"] = tf.reshape(tf.reduce_sum(d2, axis=0), [heads, dim])
             if need_dx:
-                dx_terms.append(tf.matmul(d2, kernel, transpose_b=True))
+                dx_terms.append(matmul_t(d2, kernel))
         dx = tf.reshape(tf.add_n(dx_terms), [-1, steps, dim_in]) if need_dx else None
         return Grads((dx,), tuple(grads.get(p.name) for p in self.params()))
 

@@ -15,6 +15,7 @@ from model_export.layers.base import (
     Param,
     Tensor,
     kernel_and_bias,
+    matmul_t,
     static_shape,
 )
 
@@ -57,7 +58,7 @@ class Dense:
                 dparams[1] = tf.reduce_sum(dy2, axis=0)
         dx = None
         if need_dx:
-            dx = tf.matmul(dy2, params[0], transpose_b=True)
+            dx = matmul_t(dy2, params[0])
             if len(shape) > 1:
                 dx = tf.reshape(dx, [-1, *shape])
         return Grads((dx,), tuple(dparams))

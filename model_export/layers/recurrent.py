@@ -26,7 +26,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import tensorflow as tf
 
-from model_export.layers.base import Cache, Context, Grads, Param, Tensor, static_shape
+from model_export.layers.base import (
+    Cache,
+    Context,
+    Grads,
+    Param,
+    Tensor,
+    matmul_t,
+    static_shape,
+)
 
 RECURRENT_ACTIVATIONS = ("tanh", "sigmoid", "hard_sigmoid", "relu", "linear")
 CELLS = ("simple_rnn", "gru", "lstm")
@@ -139,14 +147,14 @@ class Recurrent:
         per_step = tf.unstack(xw, axis=1)
         if self.go_backwards:
             per_step = per_step[::-1]
-        # Transposed once, so every step's h·U is a FULLY_CONNECTED without a TRANSPOSE.
+        # Every step's h·U is a BATCH_MATMUL on the [U, g·U] kernel (TFLite's fast path
+        # for a non-constant right-hand side; see matmul_t for the transposed product).
         blocks = self._blocks(recurrent)
-        transposed = [tf.transpose(b) for b in blocks]
         state: tuple[Tensor | None, Tensor | None] = (None, None)
         hs: list[Tensor] = []
         caches: list[Cache] = []
         for xw_t in per_step:
-            h, c, cache = self._step(xw_t, state[0], state[1], transposed, recurrent_bias)
+            h, c, cache = self._step(xw_t, state[0], state[1], blocks, recurrent_bias)
             state = (h, c)
             hs.append(h)
             caches.append(cache)
@@ -161,18 +169,18 @@ class Recurrent:
         return [recurrent]
 
     def _step(
-        self, xw: Tensor, h: Tensor | None, c: Tensor | None, transposed: list[Tensor],
+        self, xw: Tensor, h: Tensor | None, c: Tensor | None, blocks: list[Tensor],
         recurrent_bias: Tensor | None,
     ) -> tuple[Tensor, Tensor | None, Cache]:
         units = self.units
-        recurrent_t = transposed[0]
+        recurrent = blocks[0]
         act, rec = self.activation, self.recurrent_activation
         if self.cell == "simple_rnn":
-            z = xw if h is None else xw + tf.matmul(h, recurrent_t, transpose_b=True)
+            z = xw if h is None else xw + tf.matmul(h, recurrent)
             h_new = activate(act, z)
             return h_new, None, (h, h_new)
         if self.cell == "lstm":
-            z = xw if h is None else xw + tf.matmul(h, recurrent_t, transpose_b=True)
+            z = xw if h is None else xw + tf.matmul(h, recurrent)
             zi, zf, zc, zo = tf.split(z, 4, axis=1)
             i, f, g, o = activate(rec, zi), activate(rec, zf), activate(act, zc), activate(rec, zo)
             c_new = i * g if c is None else f * c + i * g
@@ -184,7 +192,7 @@ class Recurrent:
             if h is None:
                 inner = recurrent_bias  # 0·U + b_rec
             else:
-                inner = tf.matmul(h, recurrent_t, transpose_b=True)
+                inner = tf.matmul(h, recurrent)
                 if recurrent_bias is not None:
                     inner = tf.nn.bias_add(inner, recurrent_bias)
             if inner is None:
@@ -209,10 +217,10 @@ class Recurrent:
                 rh = None
                 hh = activate(act, xw_h)
             else:
-                zr = activate(rec, xw_zr + tf.matmul(h, transposed[0], transpose_b=True))
+                zr = activate(rec, xw_zr + tf.matmul(h, blocks[0]))
                 z, r = tf.split(zr, 2, axis=1)
                 rh = r * h
-                hh = activate(act, xw_h + tf.matmul(rh, transposed[1], transpose_b=True))
+                hh = activate(act, xw_h + tf.matmul(rh, blocks[1]))
             ih = None
         h_new = (1.0 - z) * hh if h is None else z * h + (1.0 - z) * hh
         return h_new, None, (h, z, r, hh, ih, rh)
@@ -257,7 +265,7 @@ class Recurrent:
                     dparams[2] = dbias_in
         dx = None
         if need_dx:
-            dx = tf.reshape(tf.matmul(dxw_rows, kernel, transpose_b=True), [-1, steps, features])
+            dx = tf.reshape(matmul_t(dxw_rows, kernel), [-1, steps, features])
         return Grads((dx,), tuple(dparams))
 
     def _recurrent_grad(self, acc: _Accumulated) -> Tensor:
@@ -283,7 +291,7 @@ class Recurrent:
                 return dz, None, None
             acc.lhs[0].append(h_prev)
             acc.grad[0].append(dz)
-            return dz, tf.matmul(dz, recurrent, transpose_b=True), None
+            return dz, matmul_t(dz, recurrent), None
         if self.cell == "lstm":
             h_prev, c_prev, i, f, g, o, ac = cache
             dcell = activation_grad(act, ac, dh * o)
@@ -300,7 +308,7 @@ class Recurrent:
                 return dz, None, None
             acc.lhs[0].append(h_prev)
             acc.grad[0].append(dz)
-            return dz, tf.matmul(dz, recurrent, transpose_b=True), dcell * f
+            return dz, matmul_t(dz, recurrent), dcell * f
         # GRU
         h_prev, z, r, hh, ih, rh = cache
         dzh = activation_grad(act, hh, dh * (1.0 - z))
@@ -319,20 +327,20 @@ class Recurrent:
                 return dxw, None, None
             acc.lhs[0].append(h_prev)
             acc.grad[0].append(dinner)
-            dh_prev = dh * z + tf.matmul(dinner, recurrent, transpose_b=True)
+            dh_prev = dh * z + matmul_t(dinner, recurrent)
             return dxw, dh_prev, None
         if h_prev is None:
             dzr = tf.zeros_like(dzz)
             return tf.concat([dzz, dzr, dzh], axis=1), None, None
         recurrent_zr, recurrent_h = blocks
-        drh = tf.matmul(dzh, recurrent_h, transpose_b=True)
+        drh = matmul_t(dzh, recurrent_h)
         dzr = activation_grad(rec, r, drh * h_prev)
         dzzr = tf.concat([dzz, dzr], axis=1)
         acc.lhs[0].append(h_prev)
         acc.grad[0].append(dzzr)
         acc.lhs[1].append(rh)
         acc.grad[1].append(dzh)
-        dh_prev = dh * z + drh * r + tf.matmul(dzzr, recurrent_zr, transpose_b=True)
+        dh_prev = dh * z + drh * r + matmul_t(dzzr, recurrent_zr)
         return tf.concat([dzzr, dzh], axis=1), dh_prev, None
 
 
