@@ -16,7 +16,6 @@ Used by bench_export.py: ``measure(steps)`` returns conversion time,
 ai-edge-litert (and, with ``tflite_python``, tflite-runtime 2.14) for both.
 """
 
-# ruff: noqa: PLC0415
 
 from __future__ import annotations
 
@@ -110,7 +109,7 @@ def _while_gru(params: list[Any], x: Any, y: Any, steps: int) -> tuple[Any, list
     def put(acc: Any, t: Any, value: Any) -> Any:
         return xla.dynamic_update_slice(acc, value[None], tf.stack([t, 0, 0]))
 
-    def forward(t: Any, h: Any, hs: Any, zs: Any, rs: Any, hhs: Any, ihs: Any) -> Any:
+    def forward(t: Any, h: Any, hs: Any, zs: Any, rs: Any, hhs: Any, ihs: Any) -> Any:  # noqa: PLR0917
         xt = tf.gather(xw_t, t)
         inner = tf.nn.bias_add(tf.matmul(h, recurrent), b_rec)
         xzr, xh = tf.split(xt, [2 * units, units], axis=1)
