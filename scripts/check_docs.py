@@ -183,6 +183,39 @@ RULES: list[Rule] = [
         ),
     ),
     (
+        r"fedge export (charlstm|chargru|chartransformer) .*",
+        Mapped(
+            "tests/model_export/test_exports_more.py::"
+            "test_char_model_trains_on_device_runtimes[edge-charlstm]",
+            "each character model is exported through the CLI (shorter sequences) and trained "
+            "under ai-edge-litert and tflite-runtime 2.14 in the tests",
+        ),
+    ),
+    (
+        r'fedge export kws\.keras --out out/kws --verify-python "\$FEDGE_TFLITE_PYTHON"',
+        Mapped(
+            "tests/model_export/test_training_settings.py::"
+            "test_export_a_keras_file_honours_compile",
+            "a compiled .keras file exported through the CLI, its optimizer honoured",
+        ),
+    ),
+    (
+        r"fedge export kws\.keras --out out/kws --optimizer .*",
+        Mapped(
+            "tests/model_export/test_training_settings.py::"
+            "test_export_a_keras_file_with_flags_and_name",
+            "flags override the compiled settings and the name",
+        ),
+    ),
+    (
+        r"fedge export saved_model_dir --out out/legacy",
+        Mapped(
+            "tests/model_export/test_training_settings.py::"
+            "test_export_keras_2_saved_model_directory",
+            "a Keras 2 SavedModel directory exported through the CLI",
+        ),
+    ),
+    (
         r"fedge export models\.py:build .*",
         Mapped(
             "tests/model_export/test_cli.py::test_factory_export_prints_a_summary",
