@@ -263,10 +263,17 @@ def test_cli_is_quiet_unless_verbose(saved_models: dict[str, Path], tmp_path: Pa
     assert quiet.returncode == 0, quiet.stderr
     assert quiet.stderr == "", quiet.stderr
     assert "exported 'kws'" in quiet.stdout
-    loud = subprocess.run([*command, "--out", str(tmp_path / "b"), "--verbose"],
-                          capture_output=True, text=True, env=env, timeout=600, check=False)
-    assert loud.returncode == 0
-    assert loud.stderr.strip(), "with --verbose, TensorFlow's messages come through"
+    # --verbose lets TensorFlow's messages through (a refused model: no conversion needed).
+    refused = keras.Sequential([keras.Input((5, 3)), L.Conv1DTranspose(2, 3, name="up")],
+                               name="refused")
+    refused.save(tmp_path / "refused.keras")
+    loud = subprocess.run([*command[:-2], str(tmp_path / "refused.keras"), "--out",
+                           str(tmp_path / "b"), "--verbose"], capture_output=True, text=True,
+                          env=env, timeout=600, check=False)
+    assert loud.returncode == 2
+    lines = loud.stderr.strip().splitlines()
+    assert len(lines) > 1, "with --verbose, TensorFlow's messages come through"
+    assert lines[-1].startswith("fedge export: error: layer 'up' (Conv1DTranspose)")
     # A user's mistake is still one line on stderr.
     bad = subprocess.run([*command[:-2], str(tmp_path / "missing.keras"), "--out",
                           str(tmp_path / "c")], capture_output=True, text=True, env=env,
