@@ -18,6 +18,8 @@ import sys
 import tempfile
 from collections.abc import Iterator
 
+from fedge.errors import FedgeError
+
 NOISE_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "GRPC_VERBOSITY": "ERROR"}
 
 
@@ -30,8 +32,6 @@ def quiet_stderr(enabled: bool = True) -> Iterator[None]:
     if not enabled:
         yield
         return
-    from fedge.errors import FedgeError  # noqa: PLC0415
-
     for key, value in NOISE_ENV.items():
         os.environ.setdefault(key, value)
     sys.stderr.flush()
