@@ -6,6 +6,7 @@ service; the enrollment-check route against a real `fedge serve`."""
 from __future__ import annotations
 
 import json
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -89,15 +90,21 @@ def test_wrong_npz_keys_are_named(tmp_path: Path) -> None:
 
 
 def test_the_check_covers_every_batch_of_a_callable(tmp_path: Path) -> None:
-    (tmp_path / "mydata.py").write_text(
+    # A module name no other test uses: imported modules stay in sys.modules.
+    (tmp_path / "checkdata_batches.py").write_text(
         "import numpy as np\n"
         "def batches(batch_size):\n"
         "    yield np.zeros((2, 4)), np.array([0, 1])\n"
         "    yield np.zeros((2, 4)), np.array([0, 9])\n"
     )
-    config = DataConfig("callable", callable="mydata:batches", python_path=(str(tmp_path),))
-    with pytest.raises(DataError, match=r"batch 1: labels must be in \[0, 5\)"):
-        check_data(config, SPARSE)
+    config = DataConfig(
+        "callable", callable="checkdata_batches:batches", python_path=(str(tmp_path),)
+    )
+    try:
+        with pytest.raises(DataError, match=r"batch 1: labels must be in \[0, 5\)"):
+            check_data(config, SPARSE)
+    finally:
+        sys.modules.pop("checkdata_batches", None)
 
 
 # --- fedge agent init / check against the real service ---------------------------------
