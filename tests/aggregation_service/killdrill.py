@@ -174,6 +174,10 @@ async def run_kill_drill(workdir: Path, *, kills: int, seed: int = 7) -> DrillRe
             # 20 plans for K = 5: room for the plans whose answers a kill lost (each
             # stays outstanding until its deadline), so only revived ones could fill it.
             "over_provisioning": 4.0,
+            # Plans whose answers a kill lost expire soon: many kills must not
+            # fill the pipeline with them (the sweeper frees them every 30 s).
+            "report_deadline_s": 30.0,
+            "deadline_grace_s": 5.0,
             "pace_min_retry_s": 0.5,
             "pace_max_retry_s": PACE_MAX_S,
             "optimizer": {"name": "fedavg", "learning_rate": SERVER_LR},
