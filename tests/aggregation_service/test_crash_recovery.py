@@ -182,7 +182,10 @@ def expected_versions(data_dir: Path) -> list[dict[str, np.ndarray]]:
         count += 1
         if count == K:
             weights = {
-                k: (weights[k].astype(np.float64) + SERVER_LR * acc[k] / wsum).astype(np.float32)
+                # As FedAvg steps: w + η·(Σ/Σw), not (η·Σ)/Σw — a different rounding.
+                k: (weights[k].astype(np.float64) + SERVER_LR * (acc[k] / wsum)).astype(
+                    np.float32
+                )
                 for k in weights
             }
             versions.append(weights)
