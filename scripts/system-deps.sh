@@ -5,6 +5,9 @@
 #                                /usr/bin/chromium; it never downloads a browser)
 #   fiu-utils                    fault injection into a real fedge serve (fsync
 #                                failures: tests/aggregation_service/test_fsync_failure.py)
+#   postgresql, haproxy          the scale-out tests: a throwaway PostgreSQL cluster
+#                                (initdb/pg_ctl in a temporary directory) and HAProxy
+#                                in front of ingest replicas, all on loopback
 # Idempotent: installs only what is missing, and refreshes the package lists
 # only when apt cannot find a package.
 set -euo pipefail
@@ -14,6 +17,8 @@ declare -A NEEDS=(
     [/usr/bin/chromium]=chromium
     [/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf]=fonts-dejavu-core
     [/usr/bin/fiu-run]=fiu-utils
+    [/usr/lib/postgresql/15/bin/initdb]=postgresql-15
+    [/usr/sbin/haproxy]=haproxy
 )
 
 missing=()
